@@ -1,0 +1,157 @@
+package caddyoidc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// maxTokenSize bounds a bearer token; larger ones are refused unparsed.
+const maxTokenSize = 16 << 10
+
+var (
+	errTokenTooLarge = errors.New("token too large")
+	errOpaqueToken   = errors.New("opaque token and introspection is not enabled")
+)
+
+// bearerToken extracts the token of an `Authorization: Bearer` header.
+func bearerToken(r *http.Request) (string, bool) {
+	h := r.Header.Get("Authorization")
+	if len(h) < 7 || !strings.EqualFold(h[:7], "bearer ") {
+		return "", false
+	}
+	return strings.TrimSpace(h[7:]), true
+}
+
+func isJWT(tok string) bool { return strings.Count(tok, ".") == 2 }
+
+// verifyBearer verifies a provider-issued access token: a JWT offline with
+// the provider's keys, an opaque token by introspection. Results are cached
+// by the token's SHA-256 until its expiry.
+func (o *OIDC) verifyBearer(ctx context.Context, p *provider, tok string) (*identity, error) {
+	if len(tok) > maxTokenSize {
+		return nil, errTokenTooLarge
+	}
+	h := tokenHash(tok)
+	now := time.Now()
+	if id, ok := o.rt.introspected.get(h, now); ok {
+		return id, nil
+	}
+	var (
+		id  *identity
+		exp time.Time
+		err error
+	)
+	if isJWT(tok) {
+		id, exp, err = o.verifyJWTAccessToken(ctx, p, tok)
+	} else if o.Introspection {
+		id, exp, err = o.introspect(ctx, p, tok)
+	} else {
+		err = errOpaqueToken
+	}
+	if err != nil {
+		return nil, err
+	}
+	o.rt.introspected.put(h, id, exp)
+	return id, nil
+}
+
+// verifyJWTAccessToken checks signature (alg pinned to the provider's keys),
+// iss, exp, nbf, and that aud names this API: tokens issued for other
+// clients or APIs of the same provider are refused. ID tokens (they carry a
+// nonce) are refused too: they are not access tokens.
+func (o *OIDC) verifyJWTAccessToken(ctx context.Context, p *provider, tok string) (*identity, time.Time, error) {
+	t, err := p.jwts.Verify(ctx, tok)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	var claims map[string]any
+	if err := t.Claims(&claims); err != nil {
+		return nil, time.Time{}, err
+	}
+	if !audienceMatches(claims["aud"], o.rt.audience) {
+		return nil, time.Time{}, fmt.Errorf("token audience %v is not this API", claims["aud"])
+	}
+	if _, ok := claims["nonce"]; ok {
+		return nil, time.Time{}, errors.New("an ID token is not an access token")
+	}
+	if t.Subject == "" {
+		return nil, time.Time{}, errors.New("token has no sub")
+	}
+	id := newIdentity(claims, o.RolesClaim, nil)
+	id.Source = "bearer"
+	return id, t.Expiry, nil
+}
+
+// introspect asks the provider about an opaque token (RFC 7662).
+func (o *OIDC) introspect(ctx context.Context, p *provider, tok string) (*identity, time.Time, error) {
+	endpoint := o.rt.introspectionURL
+	if endpoint == "" {
+		endpoint = p.meta.IntrospectionEndpoint
+	}
+	if endpoint == "" {
+		return nil, time.Time{}, errors.New("the provider advertises no introspection endpoint")
+	}
+	form := url.Values{"token": {tok}, "token_type_hint": {"access_token"}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(form.Encode()))
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	req.SetBasicAuth(url.QueryEscape(o.rt.clientID), url.QueryEscape(o.rt.clientSecret))
+	resp, err := o.rt.httpClient.Do(req)
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("%w: introspection: %v", errIdPUnavailable, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 500 {
+		return nil, time.Time{}, fmt.Errorf("%w: introspection status %d", errIdPUnavailable, resp.StatusCode)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, time.Time{}, fmt.Errorf("introspection status %d", resp.StatusCode)
+	}
+	var claims map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&claims); err != nil {
+		return nil, time.Time{}, fmt.Errorf("introspection: %v", err)
+	}
+	if active, _ := claims["active"].(bool); !active {
+		return nil, time.Time{}, errors.New("token is not active")
+	}
+	if iss, ok := claims["iss"].(string); ok && iss != p.meta.Issuer {
+		return nil, time.Time{}, errors.New("token from another issuer")
+	}
+	if aud, ok := claims["aud"]; ok {
+		if !audienceMatches(aud, o.rt.audience) {
+			return nil, time.Time{}, fmt.Errorf("token audience %v is not this API", aud)
+		}
+	} else if cid, _ := claims["client_id"].(string); cid != o.rt.clientID {
+		return nil, time.Time{}, errors.New("token issued to another client")
+	}
+	expF, _ := claims["exp"].(float64)
+	if expF == 0 {
+		return nil, time.Time{}, errors.New("introspection gave no exp")
+	}
+	exp := time.Unix(int64(expF), 0)
+	if !time.Now().Before(exp) {
+		return nil, time.Time{}, errors.New("token expired")
+	}
+	if _, ok := claims["sub"].(string); !ok {
+		if cid, _ := claims["client_id"].(string); cid != "" {
+			claims["sub"] = cid
+		} else {
+			return nil, time.Time{}, errors.New("introspection gave no sub")
+		}
+	}
+	if _, ok := claims["iss"]; !ok {
+		claims["iss"] = p.meta.Issuer
+	}
+	id := newIdentity(claims, o.RolesClaim, nil)
+	id.Source = "introspection"
+	return id, exp, nil
+}

@@ -1,0 +1,218 @@
+package caddyoidc
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("oidc", parseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("oidc", httpcaddyfile.After, "basic_auth")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	o := new(OIDC)
+	err := o.UnmarshalCaddyfile(h.Dispenser)
+	return o, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	oidc {
+//		issuer           <url>
+//		client_id        <id>
+//		client_secret    <secret>
+//		scopes           <scope...>
+//		audience         <aud...>
+//		routes           <path-prefix>
+//		redirect_url     <url>
+//		post_logout_redirect <url>
+//		auth_param       <name> <value>
+//		cookie_secret    <secret>
+//		cookie_name      <name>
+//		cookie_domain    <domain>
+//		cookie_secure    on|off
+//		cookie_samesite  lax|strict|none
+//		session          cookie|store
+//		session_lifetime <duration>
+//		refresh_before   <duration>
+//		expose_tokens
+//		allow_anonymous
+//		pass_token       access|id|none
+//		roles_claim      <claim> [<nested claim>...]
+//		claim_header     <header> <claim.path>
+//		require_role     <role> [<role>...]
+//		require_claim    <claim.path> <value> [<value>...]
+//		introspection    [<url>]
+//		idp_timeout      <duration>
+//		userinfo         on|off
+//		strip_cookies    on|off
+//	}
+func (o *OIDC) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		name := d.Val()
+		args := d.RemainingArgs()
+		one := func(dst *string) error {
+			if len(args) != 1 {
+				return d.ArgErr()
+			}
+			*dst = args[0]
+			return nil
+		}
+		dur := func(dst *caddy.Duration) error {
+			if len(args) != 1 {
+				return d.ArgErr()
+			}
+			v, err := caddy.ParseDuration(args[0])
+			if err != nil {
+				return d.Errf("%s: %v", name, err)
+			}
+			*dst = caddy.Duration(v)
+			return nil
+		}
+		onOff := func() (*bool, error) {
+			if len(args) != 1 {
+				return nil, d.ArgErr()
+			}
+			v, err := parseOnOff(args[0])
+			if err != nil {
+				return nil, d.Errf("%s: %v", name, err)
+			}
+			return &v, nil
+		}
+		flag := func(dst *bool) error {
+			switch len(args) {
+			case 0:
+				*dst = true
+			case 1:
+				v, err := parseOnOff(args[0])
+				if err != nil {
+					return d.Errf("%s: %v", name, err)
+				}
+				*dst = v
+			default:
+				return d.ArgErr()
+			}
+			return nil
+		}
+		var err error
+		switch name {
+		case "issuer":
+			err = one(&o.Issuer)
+		case "client_id":
+			err = one(&o.ClientID)
+		case "client_secret":
+			err = one(&o.ClientSecret)
+		case "scopes":
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			o.Scopes = append(o.Scopes, args...)
+		case "audience":
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			o.Audience = append(o.Audience, args...)
+		case "routes":
+			err = one(&o.Routes)
+		case "redirect_url":
+			err = one(&o.RedirectURL)
+		case "post_logout_redirect":
+			err = one(&o.PostLogoutRedirectURL)
+		case "auth_param":
+			if len(args) != 2 {
+				return d.ArgErr()
+			}
+			if o.AuthParams == nil {
+				o.AuthParams = map[string]string{}
+			}
+			o.AuthParams[args[0]] = args[1]
+		case "cookie_secret":
+			err = one(&o.CookieSecret)
+		case "cookie_name":
+			err = one(&o.CookieName)
+		case "cookie_domain":
+			err = one(&o.CookieDomain)
+		case "cookie_secure":
+			o.CookieSecure, err = onOff()
+		case "cookie_samesite":
+			err = one(&o.CookieSameSite)
+		case "session":
+			err = one(&o.Session)
+		case "session_lifetime":
+			err = dur(&o.SessionLifetime)
+		case "refresh_before":
+			err = dur(&o.RefreshBefore)
+		case "expose_tokens":
+			err = flag(&o.ExposeTokens)
+		case "allow_anonymous":
+			err = flag(&o.AllowAnonymous)
+		case "pass_token":
+			err = one(&o.PassToken)
+		case "roles_claim":
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			o.RolesClaim = args
+		case "claim_header":
+			if len(args) != 2 {
+				return d.ArgErr()
+			}
+			if o.ClaimHeaders == nil {
+				o.ClaimHeaders = map[string]string{}
+			}
+			o.ClaimHeaders[args[0]] = args[1]
+		case "require_role":
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			o.RequireRoles = append(o.RequireRoles, args)
+		case "require_claim":
+			if len(args) < 2 {
+				return d.ArgErr()
+			}
+			o.RequireClaims = append(o.RequireClaims, ClaimRule{Path: args[0], Values: args[1:]})
+		case "introspection":
+			if len(args) > 1 {
+				return d.ArgErr()
+			}
+			o.Introspection = true
+			if len(args) == 1 {
+				o.IntrospectionEndpoint = args[0]
+			}
+		case "idp_timeout":
+			err = dur(&o.IdPTimeout)
+		case "userinfo":
+			o.UserinfoFetch, err = onOff()
+		case "strip_cookies":
+			o.StripCookies, err = onOff()
+		default:
+			return d.Errf("unrecognized oidc subdirective %q", name)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func parseOnOff(s string) (bool, error) {
+	switch s {
+	case "on", "yes":
+		return true, nil
+	case "off", "no":
+		return false, nil
+	}
+	return strconv.ParseBool(s)
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*OIDC)(nil)

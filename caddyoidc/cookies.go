@@ -1,0 +1,109 @@
+package caddyoidc
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+const (
+	// maxChunkSize keeps every cookie (name, value, attributes) under the
+	// 4096-byte limit browsers enforce.
+	maxChunkSize = 3800
+	// maxChunks bounds how many chunks a session may use (and how many we
+	// read back), so a client cannot make us assemble an unbounded value.
+	maxChunks = 8
+)
+
+// cookieOpts are the attributes shared by this handler's cookies.
+type cookieOpts struct {
+	secure   bool
+	sameSite http.SameSite
+	domain   string
+}
+
+func (c cookieOpts) cookie(name, value, path string, maxAge int, httpOnly bool) *http.Cookie {
+	return &http.Cookie{
+		Name: name, Value: value, Path: path, Domain: c.domain, MaxAge: maxAge,
+		Secure: c.secure, HttpOnly: httpOnly, SameSite: c.sameSite,
+	}
+}
+
+// splitChunks cuts value into pieces of at most size bytes.
+func splitChunks(value string, size int) []string {
+	var out []string
+	for len(value) > size {
+		out = append(out, value[:size])
+		value = value[size:]
+	}
+	return append(out, value)
+}
+
+// chunkName is the name of chunk i of the cookie base.
+func chunkName(base string, i int) string { return base + "_" + strconv.Itoa(i) }
+
+// readChunked reassembles a chunked cookie. It returns "" when chunk 0 is
+// missing or when there are more than maxChunks chunks.
+func readChunked(r *http.Request, base string) string {
+	var b strings.Builder
+	for i := 0; ; i++ {
+		c, err := r.Cookie(chunkName(base, i))
+		if err != nil {
+			break
+		}
+		if i >= maxChunks {
+			return ""
+		}
+		b.WriteString(c.Value)
+	}
+	return b.String()
+}
+
+// writeChunked sets value as chunks of base and expires chunks the request
+// carried beyond the new count. An empty value deletes every chunk.
+func writeChunked(w http.ResponseWriter, r *http.Request, opts cookieOpts, base, value string, maxAge int) bool {
+	var chunks []string
+	if value != "" {
+		chunks = splitChunks(value, maxChunkSize)
+		if len(chunks) > maxChunks {
+			return false
+		}
+	}
+	for i, v := range chunks {
+		http.SetCookie(w, opts.cookie(chunkName(base, i), v, "/", maxAge, true))
+	}
+	for i := len(chunks); i < maxChunks; i++ {
+		if _, err := r.Cookie(chunkName(base, i)); err != nil {
+			break
+		}
+		http.SetCookie(w, opts.cookie(chunkName(base, i), "", "/", -1, true))
+	}
+	return true
+}
+
+// stripCookies removes the cookies whose names start with prefix from the
+// request, so that upstreams never see this handler's sealed values.
+func stripCookies(r *http.Request, prefix string) {
+	cookies := r.Cookies()
+	keep := cookies[:0]
+	removed := false
+	for _, c := range cookies {
+		if strings.HasPrefix(c.Name, prefix) {
+			removed = true
+			continue
+		}
+		keep = append(keep, c)
+	}
+	if !removed {
+		return
+	}
+	r.Header.Del("Cookie")
+	if len(keep) == 0 {
+		return
+	}
+	parts := make([]string, len(keep))
+	for i, c := range keep {
+		parts[i] = c.Name + "=" + c.Value
+	}
+	r.Header.Set("Cookie", strings.Join(parts, "; "))
+}

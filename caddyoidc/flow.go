@@ -1,0 +1,295 @@
+package caddyoidc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+	"go.uber.org/zap"
+	"golang.org/x/oauth2"
+)
+
+// flowLifetime bounds how long a login attempt may take at the provider.
+const flowLifetime = 5 * time.Minute
+
+// maxFlowCookies bounds concurrent login attempts per browser; older flow
+// cookies are dropped so a page that loops on login cannot bloat the jar.
+const maxFlowCookies = 4
+
+// flowState is kept in a per-attempt sealed cookie between login and
+// callback, so several tabs can log in at once.
+type flowState struct {
+	State    string `json:"s"`
+	Nonce    string `json:"n"`
+	Verifier string `json:"v"`
+	Back     string `json:"b"`
+	Redirect string `json:"r"`
+	Created  int64  `json:"t"`
+}
+
+func (o *OIDC) flowCookieName(state string) string {
+	return o.CookieName + "_flow_" + state[:16]
+}
+
+// oauth2Config is the client configuration for one redirect URL.
+func (o *OIDC) oauth2Config(p *provider, redirect string) *oauth2.Config {
+	return &oauth2.Config{
+		ClientID:     o.rt.clientID,
+		ClientSecret: o.rt.clientSecret,
+		Endpoint:     p.endpoint,
+		RedirectURL:  redirect,
+		Scopes:       o.Scopes,
+	}
+}
+
+// idpContext makes x/oauth2 use the bounded provider client.
+func (o *OIDC) idpContext(ctx context.Context) context.Context {
+	return context.WithValue(ctx, oauth2.HTTPClient, o.rt.httpClient)
+}
+
+func (o *OIDC) redirectURL(r *http.Request) string {
+	if o.rt.redirectURL != "" {
+		return o.rt.redirectURL
+	}
+	return origin(r) + o.Routes + "/callback"
+}
+
+// serveLogin starts the Authorization Code flow with PKCE S256.
+func (o *OIDC) serveLogin(w http.ResponseWriter, r *http.Request, p *provider) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET")
+		o.writeError(w, r, http.StatusMethodNotAllowed, "invalid_request", "login takes GET")
+		return
+	}
+	f := flowState{
+		State:    randomString(32),
+		Nonce:    randomString(32),
+		Verifier: oauth2.GenerateVerifier(),
+		Back:     safeBack(r.URL.Query().Get("back")),
+		Redirect: o.redirectURL(r),
+		Created:  time.Now().Unix(),
+	}
+	b, _ := json.Marshal(f)
+	opts := o.cookieOpts(r)
+	opts.sameSite = http.SameSiteLaxMode // the provider's redirect back is a cross-site top-level GET
+	// Drop surplus earlier attempts.
+	n := 0
+	prefix := o.CookieName + "_flow_"
+	for _, c := range r.Cookies() {
+		if strings.HasPrefix(c.Name, prefix) {
+			if n++; n >= maxFlowCookies {
+				http.SetCookie(w, opts.cookie(c.Name, "", o.Routes, -1, true))
+			}
+		}
+	}
+	http.SetCookie(w, opts.cookie(o.flowCookieName(f.State), o.rt.sealer.seal(b, "flow:"+f.State),
+		o.Routes, int(flowLifetime.Seconds()), true))
+
+	authOpts := []oauth2.AuthCodeOption{oidc.Nonce(f.Nonce), oauth2.S256ChallengeOption(f.Verifier)}
+	for k, v := range o.AuthParams {
+		authOpts = append(authOpts, oauth2.SetAuthURLParam(k, v))
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	http.Redirect(w, r, o.oauth2Config(p, f.Redirect).AuthCodeURL(f.State, authOpts...), http.StatusFound)
+}
+
+// callbackError ends a failed callback: a log line, a 4xx page, no session.
+func (o *OIDC) callbackError(w http.ResponseWriter, r *http.Request, status int, reason string, err error) {
+	fields := []zap.Field{zap.String("reason", reason), zap.Int("status", status), zap.String("remote", r.RemoteAddr)}
+	if err != nil {
+		fields = append(fields, errField(err))
+	}
+	o.logger.Warn("login callback rejected", fields...)
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "5")
+	}
+	writePage(w, status, "Login failed", reason, o.Routes+"/login")
+}
+
+// serveCallback completes the flow: state, code exchange with the PKCE
+// verifier, ID token verification, optional userinfo, new session.
+func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider) {
+	if r.Method != http.MethodGet {
+		o.callbackError(w, r, http.StatusMethodNotAllowed, "callback takes GET", nil)
+		return
+	}
+	q := r.URL.Query()
+	state := q.Get("state")
+	if len(state) < 16 || len(state) > 128 {
+		o.callbackError(w, r, http.StatusBadRequest, "missing or malformed state", nil)
+		return
+	}
+	name := o.flowCookieName(state)
+	c, err := r.Cookie(name)
+	if err != nil {
+		o.callbackError(w, r, http.StatusBadRequest, "no login in progress for this state (expired, other browser, or already used)", nil)
+		return
+	}
+	opts := o.cookieOpts(r)
+	http.SetCookie(w, opts.cookie(name, "", o.Routes, -1, true))
+	var f flowState
+	pt, err := o.rt.sealer.open(c.Value, "flow:"+state)
+	if err != nil || json.Unmarshal(pt, &f) != nil || f.State != state {
+		o.callbackError(w, r, http.StatusBadRequest, "state does not match the login in progress", nil)
+		return
+	}
+	if time.Since(time.Unix(f.Created, 0)) > flowLifetime {
+		o.callbackError(w, r, http.StatusBadRequest, "login took too long; start again", nil)
+		return
+	}
+	if !o.rt.usedStates.add(state, time.Unix(f.Created, 0).Add(flowLifetime)) {
+		o.callbackError(w, r, http.StatusBadRequest, "this login response was already used", nil)
+		return
+	}
+	// RFC 9207: when the provider names itself, it must be ours (mix-up defense).
+	if iss := q.Get("iss"); iss != "" && iss != p.meta.Issuer {
+		o.callbackError(w, r, http.StatusBadRequest, "response from an unexpected issuer", nil)
+		return
+	}
+	if e := q.Get("error"); e != "" {
+		status := http.StatusBadRequest
+		if e == "access_denied" {
+			status = http.StatusForbidden
+		}
+		o.callbackError(w, r, status, "the identity provider refused the login: "+printable(e, 64), nil)
+		return
+	}
+	code := q.Get("code")
+	if code == "" {
+		o.callbackError(w, r, http.StatusBadRequest, "missing authorization code", nil)
+		return
+	}
+
+	ctx := o.idpContext(r.Context())
+	tok, err := o.oauth2Config(p, f.Redirect).Exchange(ctx, code, oauth2.VerifierOption(f.Verifier))
+	if err != nil {
+		if isUnavailable(err) {
+			o.callbackError(w, r, http.StatusServiceUnavailable, "the identity provider is unavailable", err)
+		} else {
+			o.callbackError(w, r, http.StatusBadRequest, "the authorization code was refused", err)
+		}
+		return
+	}
+	rawID, _ := tok.Extra("id_token").(string)
+	if rawID == "" {
+		o.callbackError(w, r, http.StatusBadRequest, "the token response has no id_token", nil)
+		return
+	}
+	claims, err := verifyIDToken(r.Context(), p.idTokens, rawID, idTokenCheck{
+		clientID: o.rt.clientID, nonce: f.Nonce, accessToken: tok.AccessToken,
+	})
+	if err != nil {
+		o.callbackError(w, r, http.StatusUnauthorized, "the ID token is invalid", err)
+		return
+	}
+	if o.fetchUserinfo(p) {
+		if err := o.mergeUserinfo(r.Context(), p, tok, claims); err != nil {
+			if errors.Is(err, errUserinfoSub) {
+				o.callbackError(w, r, http.StatusUnauthorized, "userinfo does not belong to the ID token's subject", err)
+				return
+			}
+			o.logger.Warn("userinfo unavailable; using ID token claims only", errField(err))
+		}
+	}
+	now := time.Now()
+	s := &session{
+		ID:           randomString(32),
+		AccessToken:  tok.AccessToken,
+		TokenType:    tok.TokenType,
+		RefreshToken: tok.RefreshToken,
+		IDToken:      rawID,
+		Created:      now.Unix(),
+		Identity:     newIdentity(claims, o.RolesClaim, unverifiedClaims(tok.AccessToken)),
+	}
+	s.ProviderSID, _ = claims["sid"].(string)
+	if !tok.Expiry.IsZero() {
+		s.Expiry = tok.Expiry.Unix()
+	}
+	if err := o.saveSession(w, r, s); err != nil {
+		o.callbackError(w, r, http.StatusServiceUnavailable, "the session could not be saved", err)
+		return
+	}
+	o.logger.Info("login", zap.String("sub", s.Identity.Subject), zap.Bool("refresh_token", s.RefreshToken != ""))
+	w.Header().Set("Cache-Control", "no-store")
+	http.Redirect(w, r, f.Back, http.StatusFound)
+}
+
+func (o *OIDC) fetchUserinfo(p *provider) bool {
+	if p.meta.UserinfoEndpoint == "" {
+		return false
+	}
+	return o.UserinfoFetch == nil || *o.UserinfoFetch
+}
+
+var errUserinfoSub = errors.New("userinfo sub differs from the id token's sub")
+
+// mergeUserinfo adds the userinfo claims the ID token lacks. The userinfo
+// sub must equal the ID token's (OpenID Connect Core 1.0 §5.3.2).
+func (o *OIDC) mergeUserinfo(ctx context.Context, p *provider, tok *oauth2.Token, claims map[string]any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.meta.UserinfoEndpoint, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+	req.Header.Set("Accept", "application/json")
+	resp, err := o.rt.httpClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return errors.New("userinfo: status " + resp.Status)
+	}
+	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+		return errors.New("userinfo: not JSON (signed userinfo is not supported)")
+	}
+	var ui map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&ui); err != nil {
+		return err
+	}
+	if sub, _ := ui["sub"].(string); sub != claims["sub"] {
+		return errUserinfoSub
+	}
+	for k, v := range ui {
+		if _, ok := claims[k]; !ok {
+			claims[k] = v
+		}
+	}
+	return nil
+}
+
+// isUnavailable tells a provider outage (network error, timeout, 5xx) from a
+// refusal (an OAuth error answer).
+func isUnavailable(err error) bool {
+	var re *oauth2.RetrieveError
+	if errors.As(err, &re) {
+		return re.Response == nil || re.Response.StatusCode >= 500 || re.ErrorCode == "temporarily_unavailable"
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return true
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errBodyTooLarge) ||
+		strings.Contains(err.Error(), "connection refused") || strings.Contains(err.Error(), "EOF")
+}
+
+// printable keeps at most n printable ASCII characters of s.
+func printable(s string, n int) string {
+	out := strings.Map(func(c rune) rune {
+		if c < 0x20 || c > 0x7e {
+			return -1
+		}
+		return c
+	}, s)
+	if len(out) > n {
+		out = out[:n]
+	}
+	return out
+}
+
+func errField(err error) zap.Field { return zap.String("error", err.Error()) }

@@ -1,0 +1,114 @@
+package caddyoidc
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// ServeHTTP serves the handler's routes and authenticates everything else.
+func (o *OIDC) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if route, ok := strings.CutPrefix(r.URL.Path, o.Routes+"/"); ok {
+		return o.serveRoute(w, r, route, next)
+	}
+	removeIdentityHeaders(r, o.ClaimHeaders)
+
+	p := o.rt.disc.get(r.Context())
+	if p == nil {
+		o.logger.Warn("request refused: identity provider not discovered yet", zap.String("uri", r.RequestURI))
+		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "the identity provider is not reachable yet")
+		return nil
+	}
+
+	id, token, ok := o.authenticate(w, r, p)
+	if !ok {
+		return nil // answered
+	}
+	if id == nil {
+		if o.AllowAnonymous {
+			r.Header.Del("Authorization")
+			o.stripOwnCookies(r)
+			return next.ServeHTTP(w, r)
+		}
+		o.unauthenticated(w, r, "unauthorized", "authentication required")
+		return nil
+	}
+	if reason := o.checkRules(id); reason != "" {
+		o.logger.Info("request forbidden", zap.String("sub", id.Subject), zap.String("reason", reason))
+		o.writeError(w, r, http.StatusForbidden, "insufficient_scope", reason)
+		return nil
+	}
+	o.injectUpstream(r, id, token)
+	return next.ServeHTTP(w, r)
+}
+
+// authenticate finds the request's identity from its bearer token or its
+// session (refreshing server-side when needed). It returns the identity (nil
+// when anonymous), the token to pass upstream, and false when it has already
+// answered the request.
+func (o *OIDC) authenticate(w http.ResponseWriter, r *http.Request, p *provider) (*identity, upstreamTokens, bool) {
+	if tok, ok := bearerToken(r); ok {
+		id, err := o.verifyBearer(r.Context(), p, tok)
+		if err != nil {
+			if errors.Is(err, errIdPUnavailable) {
+				o.logger.Warn("bearer token check failed: provider unavailable", errField(err))
+				o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "the identity provider is unavailable")
+				return nil, upstreamTokens{}, false
+			}
+			o.logger.Info("bearer token rejected", errField(err), zap.String("remote", r.RemoteAddr))
+			o.writeError(w, r, http.StatusUnauthorized, "invalid_token", "the access token is invalid")
+			return nil, upstreamTokens{}, false
+		}
+		return id, upstreamTokens{access: tok}, true
+	}
+
+	s, err := o.loadSession(r)
+	if err != nil {
+		o.logger.Error("loading session failed", errField(err))
+		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "sessions are unavailable")
+		return nil, upstreamTokens{}, false
+	}
+	if s == nil {
+		return nil, upstreamTokens{}, true
+	}
+	now := time.Now()
+	s.dropInvalid(now)
+	if s.RefreshToken != "" && s.needsRefresh(now, time.Duration(o.RefreshBefore)) {
+		ns, err := o.refresh(r.Context(), p, s)
+		switch {
+		case err == nil:
+			if err := o.saveSession(w, r, ns); err != nil {
+				o.logger.Error("saving refreshed session failed", errField(err))
+			}
+			s = ns
+		case errors.Is(err, errGrantGone):
+			o.clearSession(w, r, s)
+			return nil, upstreamTokens{}, true
+		default:
+			if !s.usable(now) {
+				o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable",
+					"the identity provider is unavailable; your session is kept, retry shortly")
+				return nil, upstreamTokens{}, false
+			}
+			// The access token still works for a little while: use it.
+		}
+	}
+	if !s.usable(now) {
+		o.clearSession(w, r, s)
+		return nil, upstreamTokens{}, true
+	}
+	s.Identity.Source = "session"
+	return s.Identity, upstreamTokens{access: s.AccessToken, id: s.IDToken}, true
+}
+
+// stripOwnCookies removes this handler's cookies from the upstream request
+// unless strip_cookies is off.
+func (o *OIDC) stripOwnCookies(r *http.Request) {
+	if o.StripCookies == nil || *o.StripCookies {
+		stripCookies(r, o.CookieName)
+	}
+}

@@ -1,0 +1,398 @@
+// Package caddyoidc is a Caddy HTTP handler that puts OpenID Connect in front
+// of any upstream: Authorization Code + PKCE login, encrypted cookie or
+// server-side sessions, server-side refresh, bearer tokens from service
+// accounts and CLIs, role and claim rules, and injection of the user's token
+// and identity into the proxied request.
+package caddyoidc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
+)
+
+func init() {
+	caddy.RegisterModule(OIDC{})
+}
+
+// OIDC authenticates every request that reaches it with OpenID Connect and
+// serves the login, callback, refresh, logout and userinfo routes under
+// `routes` (default `/auth`).
+//
+// Unauthenticated browser navigations are redirected to the login route;
+// other requests get 401 with `WWW-Authenticate: Bearer` and a JSON body.
+// Authenticated requests continue to the next handler with
+// `Authorization: Bearer <access token>` and `X-Auth-Request-*` identity
+// headers, and the `{http.auth.user.*}` placeholders set.
+type OIDC struct {
+	// Issuer is the OpenID Provider's issuer URL. Endpoints and keys are
+	// discovered from `<issuer>/.well-known/openid-configuration`. Required.
+	Issuer string `json:"issuer,omitempty"`
+
+	// ClientID is the OAuth 2.0 client identifier registered at the provider.
+	// Required.
+	ClientID string `json:"client_id,omitempty"`
+
+	// ClientSecret is the client's secret. Leave it empty for a public client
+	// (PKCE protects the code exchange). Give it as a placeholder such as
+	// `{env.OIDC_CLIENT_SECRET}` or `{file./run/secrets/oidc}` so that it never
+	// appears in the configuration dump.
+	ClientSecret string `json:"client_secret,omitempty"`
+
+	// Scopes requested at login. Default: `openid profile email`. Must contain
+	// `openid`; add `offline_access` (or the provider's equivalent) to get a
+	// refresh token.
+	Scopes []string `json:"scopes,omitempty"`
+
+	// Audience lists the values of which at least one must be in the `aud`
+	// claim of bearer access tokens. Default: the client ID.
+	Audience []string `json:"audience,omitempty"`
+
+	// Routes is the path prefix of the routes this handler serves:
+	// `<routes>/login`, `/callback`, `/refresh`, `/logout`, `/userinfo`.
+	// Default: `/auth`.
+	Routes string `json:"routes,omitempty"`
+
+	// RedirectURL is the absolute callback URL registered at the provider.
+	// Default: the request's origin + `<routes>/callback`.
+	RedirectURL string `json:"redirect_url,omitempty"`
+
+	// PostLogoutRedirectURL is where the provider sends the browser after
+	// logout (`post_logout_redirect_uri`). Default: the site's origin + `/`.
+	PostLogoutRedirectURL string `json:"post_logout_redirect_url,omitempty"`
+
+	// AuthParams are extra parameters added to the authorization request,
+	// for example `access_type=offline` and `prompt=consent` for Google.
+	// Protocol parameters (state, nonce, code_challenge, ...) cannot be
+	// overridden.
+	AuthParams map[string]string `json:"auth_params,omitempty"`
+
+	// CookieSecret encrypts and authenticates the session and login-flow
+	// cookies (AES-256-GCM, key derived with HKDF). At least 32 bytes. If
+	// empty, a random secret is generated once and kept in Caddy's storage,
+	// so restarts and instances sharing storage keep sessions.
+	CookieSecret string `json:"cookie_secret,omitempty"`
+
+	// CookieName is the session cookie's name (chunks get `_0`, `_1`, ...
+	// suffixes). Default: `caddy_oidc`.
+	CookieName string `json:"cookie_name,omitempty"`
+
+	// CookieDomain sets the cookies' Domain attribute. Default: none (host-only).
+	CookieDomain string `json:"cookie_domain,omitempty"`
+
+	// CookieSecure forces the Secure attribute on (`true`) or off (`false`).
+	// Default: Secure unless the request arrived over plain HTTP.
+	CookieSecure *bool `json:"cookie_secure,omitempty"`
+
+	// CookieSameSite is the SameSite attribute of the session cookies:
+	// `lax` (default), `strict` or `none` (requires Secure).
+	CookieSameSite string `json:"cookie_samesite,omitempty"`
+
+	// Session selects where tokens live: `cookie` (default: encrypted in the
+	// browser's cookies, split into chunks under 4 KB) or `store` (a random
+	// session id in the cookie, tokens encrypted in Caddy's storage, shared by
+	// every instance that shares the storage).
+	Session string `json:"session,omitempty"`
+
+	// SessionLifetime is how long a session lasts after login, whatever the
+	// refreshes. Default: 168h.
+	SessionLifetime caddy.Duration `json:"session_lifetime,omitempty"`
+
+	// RefreshBefore refreshes the access token server-side when it expires
+	// within this duration. Default: 30s.
+	RefreshBefore caddy.Duration `json:"refresh_before,omitempty"`
+
+	// ExposeTokens sets the access and ID tokens in cookies readable by
+	// browser JavaScript (`<cookie_name>_access_token`, `_id_token`), for
+	// single-page apps that call APIs themselves. The refresh token is never
+	// readable by JavaScript.
+	ExposeTokens bool `json:"expose_tokens,omitempty"`
+
+	// AllowAnonymous lets unauthenticated requests through to the next
+	// handler, without identity (identity headers are still removed).
+	AllowAnonymous bool `json:"allow_anonymous,omitempty"`
+
+	// PassToken selects the token sent upstream in `Authorization: Bearer`:
+	// `access` (default), `id` or `none` (the header is removed).
+	PassToken string `json:"pass_token,omitempty"`
+
+	// RolesClaim is the path of the claim holding the user's roles or groups,
+	// as a list of nested claim names, e.g. `["realm_access","roles"]` or
+	// `["https://hasura.io/jwt/claims","x-hasura-allowed-roles"]`. A single
+	// element may use dots for nesting. Default: `groups`.
+	RolesClaim []string `json:"roles_claim,omitempty"`
+
+	// ClaimHeaders maps upstream header names to claim paths (dotted). The
+	// claim's value (arrays joined with commas) is sent in that header; any
+	// client-sent copy is removed.
+	ClaimHeaders map[string]string `json:"claim_headers,omitempty"`
+
+	// RequireRoles: every entry is a list of roles of which the user must have
+	// at least one, else 403.
+	RequireRoles [][]string `json:"require_roles,omitempty"`
+
+	// RequireClaims: every entry requires the claim at Path to equal one of
+	// Values (for an array claim, to contain one of them), else 403.
+	RequireClaims []ClaimRule `json:"require_claims,omitempty"`
+
+	// Introspection enables RFC 7662 introspection of opaque bearer tokens at
+	// the provider's advertised `introspection_endpoint` (or
+	// IntrospectionEndpoint). Results are cached until the token's expiry.
+	Introspection bool `json:"introspection,omitempty"`
+
+	// IntrospectionEndpoint overrides the discovered introspection endpoint.
+	IntrospectionEndpoint string `json:"introspection_endpoint,omitempty"`
+
+	// IdPTimeout bounds every call to the provider (discovery, keys, token,
+	// userinfo, introspection, revocation). Default: 10s.
+	IdPTimeout caddy.Duration `json:"idp_timeout,omitempty"`
+
+	// UserinfoFetch fetches the userinfo endpoint at login and merges its
+	// claims (its `sub` must equal the ID token's). Default: true when the
+	// provider advertises a userinfo endpoint.
+	UserinfoFetch *bool `json:"userinfo_fetch,omitempty"`
+
+	// StripCookies removes this handler's own cookies from the request sent
+	// upstream. Default: true.
+	StripCookies *bool `json:"strip_cookies,omitempty"`
+
+	rt      *runtime
+	logger  *zap.Logger
+	storage certmagic.Storage
+	cancel  context.CancelFunc
+}
+
+// ClaimRule requires a claim to have one of a set of values.
+type ClaimRule struct {
+	// Path is the (dotted) claim path, e.g. `email_verified` or `hd`.
+	Path string `json:"path"`
+	// Values lists the accepted values, compared as strings.
+	Values []string `json:"values"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (OIDC) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.oidc",
+		New: func() caddy.Module { return new(OIDC) },
+	}
+}
+
+const (
+	defaultRoutes          = "/auth"
+	defaultCookieName      = "caddy_oidc"
+	defaultSessionLifetime = 168 * time.Hour
+	defaultRefreshBefore   = 30 * time.Second
+	defaultIdPTimeout      = 10 * time.Second
+)
+
+// Provision sets defaults, resolves placeholders in secrets, loads or creates
+// the cookie secret and starts provider discovery in the background.
+func (o *OIDC) Provision(ctx caddy.Context) error {
+	o.logger = ctx.Logger()
+	o.storage = ctx.Storage()
+	repl := caddy.NewReplacer()
+
+	if len(o.Scopes) == 0 {
+		o.Scopes = []string{"openid", "profile", "email"}
+	}
+	if o.Routes == "" {
+		o.Routes = defaultRoutes
+	}
+	o.Routes = "/" + strings.Trim(o.Routes, "/")
+	if o.CookieName == "" {
+		o.CookieName = defaultCookieName
+	}
+	if o.Session == "" {
+		o.Session = "cookie"
+	}
+	if o.SessionLifetime == 0 {
+		o.SessionLifetime = caddy.Duration(defaultSessionLifetime)
+	}
+	if o.RefreshBefore == 0 {
+		o.RefreshBefore = caddy.Duration(defaultRefreshBefore)
+	}
+	if o.IdPTimeout == 0 {
+		o.IdPTimeout = caddy.Duration(defaultIdPTimeout)
+	}
+	if o.PassToken == "" {
+		o.PassToken = "access"
+	}
+	if o.CookieSameSite == "" {
+		o.CookieSameSite = "lax"
+	}
+	if len(o.RolesClaim) == 0 {
+		o.RolesClaim = []string{"groups"}
+	}
+
+	// Secrets and ids may be placeholders; resolve them here (never in the
+	// stored JSON, so the config dump keeps only the placeholder).
+	var err error
+	resolve := func(s string) (string, error) { return repl.ReplaceOrErr(s, true, true) }
+	rt := &runtime{}
+	if rt.issuer, err = resolve(o.Issuer); err != nil {
+		return fmt.Errorf("issuer: %v", err)
+	}
+	if rt.clientID, err = resolve(o.ClientID); err != nil {
+		return fmt.Errorf("client_id: %v", err)
+	}
+	if o.ClientSecret != "" {
+		if rt.clientSecret, err = repl.ReplaceOrErr(o.ClientSecret, false, true); err != nil {
+			return errors.New("client_secret: unknown placeholder")
+		}
+	}
+	rt.audience = make([]string, 0, len(o.Audience))
+	for _, a := range o.Audience {
+		v, err := resolve(a)
+		if err != nil {
+			return fmt.Errorf("audience: %v", err)
+		}
+		rt.audience = append(rt.audience, v)
+	}
+	if len(rt.audience) == 0 {
+		rt.audience = []string{rt.clientID}
+	}
+	rt.redirectURL = repl.ReplaceKnown(o.RedirectURL, "")
+	rt.postLogoutURL = repl.ReplaceKnown(o.PostLogoutRedirectURL, "")
+	rt.introspectionURL = repl.ReplaceKnown(o.IntrospectionEndpoint, "")
+	rt.httpClient = newIdPClient(time.Duration(o.IdPTimeout))
+
+	secret := ""
+	if o.CookieSecret != "" {
+		if secret, err = repl.ReplaceOrErr(o.CookieSecret, true, true); err != nil {
+			return errors.New("cookie_secret: empty or unknown placeholder")
+		}
+	} else {
+		if secret, err = loadOrCreateSecret(ctx, o.storage, cookieSecretKey); err != nil {
+			return fmt.Errorf("cookie secret from storage: %v", err)
+		}
+	}
+	if rt.sealer, err = newSealer([]byte(secret), "cookies"); err != nil {
+		return fmt.Errorf("cookie_secret: %v", err)
+	}
+	rt.refreshes = new(singleflight.Group)
+	rt.recent = newRecentRefreshes()
+	rt.usedStates = newExpirySet(10000)
+	rt.introspected = newTokenCache(10000)
+	o.rt = rt
+
+	dctx, cancel := context.WithCancel(ctx)
+	o.cancel = cancel
+	rt.disc = newDiscoverer(rt.issuer, rt.clientID, rt.httpClient, o.logger)
+	go rt.disc.run(dctx)
+	return nil
+}
+
+// Validate checks the configuration and gives errors a person can act on.
+func (o *OIDC) Validate() error {
+	if o.Issuer == "" {
+		return errors.New("oidc: issuer is required")
+	}
+	if !strings.Contains(o.Issuer, "{") {
+		u, err := url.Parse(o.Issuer)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return fmt.Errorf("oidc: issuer %q must be an absolute http(s) URL", o.Issuer)
+		}
+	}
+	if o.ClientID == "" {
+		return errors.New("oidc: client_id is required")
+	}
+	if !slices.Contains(o.Scopes, "openid") {
+		return errors.New("oidc: scopes must contain openid")
+	}
+	switch o.Session {
+	case "cookie", "store":
+	default:
+		return fmt.Errorf("oidc: session must be cookie or store, not %q", o.Session)
+	}
+	switch o.PassToken {
+	case "access", "id", "none":
+	default:
+		return fmt.Errorf("oidc: pass_token must be access, id or none, not %q", o.PassToken)
+	}
+	switch strings.ToLower(o.CookieSameSite) {
+	case "lax", "strict":
+	case "none":
+		if o.CookieSecure != nil && !*o.CookieSecure {
+			return errors.New("oidc: cookie_samesite none requires Secure cookies")
+		}
+	default:
+		return fmt.Errorf("oidc: cookie_samesite must be lax, strict or none, not %q", o.CookieSameSite)
+	}
+	if o.SessionLifetime < 0 || o.RefreshBefore < 0 || o.IdPTimeout < 0 {
+		return errors.New("oidc: durations must be positive")
+	}
+	if time.Duration(o.RefreshBefore) >= time.Duration(o.SessionLifetime) {
+		return errors.New("oidc: refresh_before must be shorter than session_lifetime")
+	}
+	for k := range o.AuthParams {
+		if reservedAuthParams[k] {
+			return fmt.Errorf("oidc: auth_param %q is set by the protocol and cannot be configured", k)
+		}
+	}
+	for _, r := range o.RequireClaims {
+		if r.Path == "" || len(r.Values) == 0 {
+			return errors.New("oidc: require_claim needs a claim path and at least one value")
+		}
+	}
+	for _, r := range o.RequireRoles {
+		if len(r) == 0 {
+			return errors.New("oidc: require_role needs at least one role")
+		}
+	}
+	return nil
+}
+
+// Cleanup stops background discovery.
+func (o *OIDC) Cleanup() error {
+	if o.cancel != nil {
+		o.cancel()
+	}
+	return nil
+}
+
+// runtime holds what Provision derives from the configuration: resolved
+// secrets, the sealer, caches. It is never serialized.
+type runtime struct {
+	issuer           string
+	clientID         string
+	clientSecret     string
+	audience         []string
+	redirectURL      string
+	postLogoutURL    string
+	introspectionURL string
+	httpClient       *http.Client
+	sealer           *sealer
+	disc             *discoverer
+	refreshes        *singleflight.Group
+	recent           *recentRefreshes
+	usedStates       *expirySet
+	introspected     *tokenCache
+	mu               sync.Mutex
+}
+
+// reservedAuthParams cannot be set with auth_param.
+var reservedAuthParams = map[string]bool{
+	"response_type": true, "client_id": true, "redirect_uri": true, "scope": true,
+	"state": true, "nonce": true, "code_challenge": true, "code_challenge_method": true,
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*OIDC)(nil)
+	_ caddy.Validator             = (*OIDC)(nil)
+	_ caddy.CleanerUpper          = (*OIDC)(nil)
+	_ caddyhttp.MiddlewareHandler = (*OIDC)(nil)
+)

@@ -1,0 +1,163 @@
+package caddyoidc
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/oauth2"
+)
+
+var (
+	// errGrantGone: the provider says the refresh token is no longer valid
+	// (invalid_grant); the session must end.
+	errGrantGone = errors.New("refresh token no longer valid")
+	// errIdPUnavailable: the provider could not be reached; keep the tokens.
+	errIdPUnavailable = errors.New("identity provider unavailable")
+	// errNoRefreshToken: the session has nothing to refresh with.
+	errNoRefreshToken = errors.New("no refresh token")
+)
+
+// refreshKey identifies one refresh: the session and the refresh token it
+// would spend.
+func refreshKey(s *session) string {
+	h := sha256.Sum256([]byte(s.ID + "\x00" + s.RefreshToken))
+	return hex.EncodeToString(h[:16])
+}
+
+// refresh returns the session with fresh tokens. Concurrent calls for one
+// session share one provider call (singleflight); with the session store,
+// instances sharing storage serialize on a storage lock and re-read the
+// record, so a refresh another instance just made is reused.
+func (o *OIDC) refresh(ctx context.Context, p *provider, s *session) (*session, error) {
+	if s.RefreshToken == "" {
+		return nil, errNoRefreshToken
+	}
+	key := refreshKey(s)
+	if ns := o.rt.recent.get(key); ns != nil {
+		return ns, nil
+	}
+	ch := o.rt.refreshes.DoChan(key, func() (any, error) {
+		// Detached from the first caller's cancellation: the others wait too.
+		ctx := context.WithoutCancel(ctx)
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Duration(o.IdPTimeout))
+		defer cancel()
+		if ns := o.rt.recent.get(key); ns != nil {
+			return ns, nil
+		}
+		ns, err := o.refreshLocked(ctx, p, s)
+		if err == nil {
+			o.rt.recent.put(key, ns)
+		}
+		return ns, err
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		return res.Val.(*session), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (o *OIDC) refreshLocked(ctx context.Context, p *provider, s *session) (*session, error) {
+	if o.Session != "store" {
+		return o.refreshAtIdP(ctx, p, s)
+	}
+	lock := sessionKey(s.ID)
+	if err := o.storage.Lock(ctx, lock); err != nil {
+		o.logger.Error("session store lock failed", errField(err))
+		return nil, errIdPUnavailable
+	}
+	defer func() {
+		if err := o.storage.Unlock(context.WithoutCancel(ctx), lock); err != nil {
+			o.logger.Error("session store unlock failed", errField(err))
+		}
+	}()
+	cur, err := o.loadStored(ctx, s.ID)
+	if err != nil {
+		o.logger.Error("session store load failed", errField(err))
+		return nil, errIdPUnavailable
+	}
+	if cur == nil {
+		return nil, errGrantGone // logged out meanwhile
+	}
+	if cur.AccessToken != s.AccessToken && !cur.needsRefresh(time.Now(), time.Duration(o.RefreshBefore)) {
+		return cur, nil // another instance refreshed
+	}
+	ns, err := o.refreshAtIdP(ctx, p, cur)
+	if err != nil {
+		if errors.Is(err, errGrantGone) {
+			_ = o.storage.Delete(ctx, sessionKey(s.ID))
+		}
+		return nil, err
+	}
+	if err := o.storeSession(ctx, ns); err != nil {
+		// The provider may have rotated the refresh token: without the
+		// write, the next refresh would fail. Report it loudly.
+		o.logger.Error("storing refreshed session failed", errField(err))
+		return nil, errIdPUnavailable
+	}
+	return ns, nil
+}
+
+// refreshAtIdP spends s's refresh token at the token endpoint and verifies
+// what comes back.
+func (o *OIDC) refreshAtIdP(ctx context.Context, p *provider, s *session) (*session, error) {
+	start := time.Now()
+	ts := o.oauth2Config(p, "").TokenSource(o.idpContext(ctx), &oauth2.Token{RefreshToken: s.RefreshToken})
+	tok, err := ts.Token()
+	if err != nil {
+		var re *oauth2.RetrieveError
+		if errors.As(err, &re) && re.ErrorCode == "invalid_grant" {
+			o.logger.Info("refresh refused by the provider; session ends", zap.String("sub", s.Identity.Subject))
+			return nil, errGrantGone
+		}
+		o.logger.Warn("refresh failed; keeping tokens", zap.String("sub", s.Identity.Subject), errField(err))
+		return nil, errIdPUnavailable
+	}
+	ns := *s
+	ns.AccessToken = tok.AccessToken
+	ns.TokenType = tok.TokenType
+	ns.Expiry = 0
+	if !tok.Expiry.IsZero() {
+		ns.Expiry = tok.Expiry.Unix()
+	}
+	if tok.RefreshToken != "" {
+		ns.RefreshToken = tok.RefreshToken
+	}
+	if rawID, _ := tok.Extra("id_token").(string); rawID != "" {
+		claims, err := verifyIDToken(ctx, p.idTokens, rawID, idTokenCheck{
+			clientID: o.rt.clientID, accessToken: tok.AccessToken,
+			prevIss: s.Identity.Issuer, prevSub: s.Identity.Subject,
+		})
+		if err != nil {
+			// A provider that answers with a bad ID token is not to be trusted
+			// with this session any more.
+			o.logger.Warn("refreshed id token rejected; session ends", zap.String("sub", s.Identity.Subject), errField(err))
+			return nil, errGrantGone
+		}
+		// Keep claims that only came from userinfo at login.
+		for k, v := range s.Identity.Claims {
+			if _, ok := claims[k]; !ok {
+				claims[k] = v
+			}
+		}
+		ns.IDToken = rawID
+		ns.Identity = newIdentity(claims, o.RolesClaim, unverifiedClaims(tok.AccessToken))
+		if sid, _ := claims["sid"].(string); sid != "" {
+			ns.ProviderSID = sid
+		}
+	} else if roles := newIdentity(s.Identity.Claims, o.RolesClaim, unverifiedClaims(tok.AccessToken)).Roles; roles != nil {
+		id := *s.Identity
+		id.Roles = roles
+		ns.Identity = &id
+	}
+	o.logger.Debug("refreshed", zap.String("sub", s.Identity.Subject), zap.Duration("took", time.Since(start)))
+	return &ns, nil
+}

@@ -1,0 +1,111 @@
+package caddyoidc
+
+import (
+	"encoding/json"
+	"fmt"
+	"html/template"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// isNavigation tells a browser navigation (which gets redirected to login)
+// from an API call (which gets 401): Sec-Fetch-Mode when the browser sends
+// fetch metadata, else an Accept header that asks for HTML.
+func isNavigation(r *http.Request) bool {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return false
+	}
+	if m := r.Header.Get("Sec-Fetch-Mode"); m != "" {
+		return m == "navigate"
+	}
+	return strings.Contains(r.Header.Get("Accept"), "text/html")
+}
+
+// writeJSON writes v as JSON with status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+type oauthError struct {
+	Error            string `json:"error"`
+	ErrorDescription string `json:"error_description,omitempty"`
+}
+
+var errorPageTmpl = template.Must(template.New("error").Parse(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{.Title}}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body style="font-family:sans-serif;max-width:40em;margin:3em auto">
+<h1>{{.Title}}</h1><p>{{.Reason}}</p>{{if .Login}}<p><a href="{{.Login}}">Log in again</a></p>{{end}}
+</body></html>`))
+
+// writePage writes a small HTML page for browsers.
+func writePage(w http.ResponseWriter, status int, title, reason, login string) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'")
+	w.WriteHeader(status)
+	_ = errorPageTmpl.Execute(w, struct{ Title, Reason, Login string }{title, reason, login})
+}
+
+// writeError answers an error the way the caller understands: a page for
+// navigations, an OAuth-style JSON body otherwise.
+func (o *OIDC) writeError(w http.ResponseWriter, r *http.Request, status int, code, desc string) {
+	if status == http.StatusServiceUnavailable || status == http.StatusBadGateway {
+		w.Header().Set("Retry-After", "5")
+	}
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", o.challenge(r, code, desc))
+	}
+	if isNavigation(r) {
+		writePage(w, status, http.StatusText(status), desc, "")
+		return
+	}
+	writeJSON(w, status, oauthError{Error: code, ErrorDescription: desc})
+}
+
+// challenge builds the WWW-Authenticate value (RFC 6750 §3).
+func (o *OIDC) challenge(r *http.Request, code, desc string) string {
+	c := fmt.Sprintf("Bearer realm=%q", realm(r))
+	if code != "" && code != "unauthorized" {
+		c += fmt.Sprintf(", error=%q", code)
+		if desc != "" {
+			c += fmt.Sprintf(", error_description=%q", strings.ReplaceAll(desc, `"`, `'`))
+		}
+	}
+	return c
+}
+
+func realm(r *http.Request) string {
+	return strings.Map(func(c rune) rune {
+		if c < 0x21 || c == '"' || c == '\\' || c > 0x7e {
+			return -1
+		}
+		return c
+	}, r.Host)
+}
+
+// unauthenticated redirects navigations to login and answers 401 otherwise.
+func (o *OIDC) unauthenticated(w http.ResponseWriter, r *http.Request, code, desc string) {
+	if isNavigation(r) && code == "unauthorized" {
+		back := r.URL.RequestURI()
+		w.Header().Set("Cache-Control", "no-store")
+		http.Redirect(w, r, o.Routes+"/login?back="+url.QueryEscape(safeBack(back)), http.StatusFound)
+		return
+	}
+	o.writeError(w, r, http.StatusUnauthorized, code, desc)
+}
+
+// origin is the request's scheme://host.
+func origin(r *http.Request) string {
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host
+}

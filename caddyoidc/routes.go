@@ -1,0 +1,241 @@
+package caddyoidc
+
+import (
+	"context"
+	"errors"
+	"html/template"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// serveRoute dispatches <routes>/<route>.
+func (o *OIDC) serveRoute(w http.ResponseWriter, r *http.Request, route string, next caddyhttp.Handler) error {
+	p := o.rt.disc.get(r.Context())
+	if p == nil {
+		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "the identity provider is not reachable yet")
+		return nil
+	}
+	switch route {
+	case "login":
+		o.serveLogin(w, r, p)
+	case "callback":
+		o.serveCallback(w, r, p)
+	case "refresh":
+		o.serveRefresh(w, r, p)
+	case "logout":
+		o.serveLogout(w, r, p)
+	case "userinfo":
+		o.serveUserinfo(w, r, p)
+	default:
+		o.writeError(w, r, http.StatusNotFound, "not_found", "no such route")
+	}
+	return nil
+}
+
+// serveRefresh refreshes the session's tokens now (POST) and returns what a
+// single-page app's refresh component needs.
+func (o *OIDC) serveRefresh(w http.ResponseWriter, r *http.Request, p *provider) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		o.writeError(w, r, http.StatusMethodNotAllowed, "invalid_request", "refresh takes POST")
+		return
+	}
+	s, err := o.loadSession(r)
+	if err != nil {
+		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "sessions are unavailable")
+		return
+	}
+	if s == nil {
+		o.writeError(w, r, http.StatusUnauthorized, "unauthorized", "no session")
+		return
+	}
+	ns, err := o.refresh(r.Context(), p, s)
+	switch {
+	case errors.Is(err, errIdPUnavailable):
+		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "the identity provider is unavailable")
+		return
+	case errors.Is(err, errGrantGone):
+		o.clearSession(w, r, s)
+		o.writeError(w, r, http.StatusUnauthorized, "invalid_grant", "the session has ended; log in again")
+		return
+	case err != nil:
+		o.writeError(w, r, http.StatusUnauthorized, "invalid_grant", "the session cannot be refreshed")
+		return
+	}
+	if err := o.saveSession(w, r, ns); err != nil {
+		o.logger.Error("saving refreshed session failed", errField(err))
+		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "the session could not be saved")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"access_token": ns.AccessToken,
+		"id_token":     ns.IDToken,
+		"token_type":   "Bearer",
+		"expires_at":   ns.Expiry,
+	})
+}
+
+// serveUserinfo answers the session's (or bearer token's) identity as JSON.
+func (o *OIDC) serveUserinfo(w http.ResponseWriter, r *http.Request, p *provider) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET")
+		o.writeError(w, r, http.StatusMethodNotAllowed, "invalid_request", "userinfo takes GET")
+		return
+	}
+	id, tok, ok := o.authenticate(w, r, p)
+	if !ok {
+		return
+	}
+	if id == nil {
+		o.writeError(w, r, http.StatusUnauthorized, "unauthorized", "not logged in")
+		return
+	}
+	body := map[string]any{
+		"iss": id.Issuer, "sub": id.Subject, "email": id.Email, "name": id.Name,
+		"preferred_username": id.PreferredUsername, "roles": nonNil(id.Roles), "source": id.Source,
+	}
+	if exp, ok := id.Claims["exp"]; ok && id.Source != "session" {
+		body["expires_at"] = exp
+	}
+	if id.Source == "session" {
+		if s, _ := o.loadSessionFor(tok); s != 0 {
+			body["expires_at"] = s
+		}
+	}
+	writeJSON(w, http.StatusOK, body)
+}
+
+// loadSessionFor returns the access token expiry of the session that was
+// just authenticated (the tokens carry no expiry of their own for opaque
+// tokens, so it is read from the claims of a JWT when possible).
+func (o *OIDC) loadSessionFor(tok upstreamTokens) (int64, error) {
+	if c := unverifiedClaims(tok.access); c != nil {
+		if exp, ok := c["exp"].(float64); ok {
+			return int64(exp), nil
+		}
+	}
+	return 0, nil
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+var logoutPage = template.Must(template.New("logout").Parse(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Log out</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body style="font-family:sans-serif;max-width:40em;margin:3em auto">
+<h1>Log out?</h1>
+<form method="post" action="{{.}}"><button type="submit">Log out</button></form>
+</body></html>`))
+
+// serveLogout ends the session on POST (same-origin only); GET shows a page
+// with a button, since a link followed from another site must not log out.
+func (o *OIDC) serveLogout(w http.ResponseWriter, r *http.Request, p *provider) {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'")
+		_ = logoutPage.Execute(w, o.Routes+"/logout")
+		return
+	case http.MethodPost:
+	default:
+		w.Header().Set("Allow", "GET, POST")
+		o.writeError(w, r, http.StatusMethodNotAllowed, "invalid_request", "logout takes POST")
+		return
+	}
+	if !sameOrigin(r) {
+		o.logger.Warn("cross-site logout refused", zap.String("origin", printable(r.Header.Get("Origin"), 200)))
+		o.writeError(w, r, http.StatusForbidden, "invalid_request", "cross-site logout refused")
+		return
+	}
+	s, _ := o.loadSession(r)
+	o.clearSession(w, r, s)
+	target := "/"
+	if o.rt.postLogoutURL != "" {
+		target = o.rt.postLogoutURL
+	}
+	if s != nil {
+		if s.RefreshToken != "" && p.meta.RevocationEndpoint != "" {
+			o.revoke(r.Context(), p, s.RefreshToken, "refresh_token")
+		}
+		o.logger.Info("logout", zap.String("sub", s.Identity.Subject))
+		if p.meta.EndSessionEndpoint != "" {
+			target = o.endSessionURL(r, p, s)
+		}
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	http.Redirect(w, r, target, http.StatusSeeOther)
+}
+
+// endSessionURL builds the RP-initiated logout request (OpenID Connect
+// RP-Initiated Logout 1.0).
+func (o *OIDC) endSessionURL(r *http.Request, p *provider, s *session) string {
+	u, err := url.Parse(p.meta.EndSessionEndpoint)
+	if err != nil {
+		return "/"
+	}
+	q := u.Query()
+	if s.IDToken != "" {
+		q.Set("id_token_hint", s.IDToken)
+	}
+	q.Set("client_id", o.rt.clientID)
+	post := o.rt.postLogoutURL
+	if post == "" {
+		post = origin(r) + "/"
+	}
+	q.Set("post_logout_redirect_uri", post)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// revoke revokes a token at the provider (RFC 7009), best effort.
+func (o *OIDC) revoke(ctx context.Context, p *provider, token, hint string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(o.IdPTimeout))
+	defer cancel()
+	form := url.Values{"token": {token}, "token_type_hint": {hint}}
+	if o.rt.clientSecret == "" {
+		form.Set("client_id", o.rt.clientID)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.meta.RevocationEndpoint, strings.NewReader(form.Encode()))
+	if err != nil {
+		return
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if o.rt.clientSecret != "" {
+		req.SetBasicAuth(url.QueryEscape(o.rt.clientID), url.QueryEscape(o.rt.clientSecret))
+	}
+	resp, err := o.rt.httpClient.Do(req)
+	if err != nil {
+		o.logger.Warn("token revocation failed", errField(err))
+		return
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		o.logger.Warn("token revocation refused", zap.Int("status", resp.StatusCode))
+	}
+}
+
+// sameOrigin refuses cross-site requests: with fetch metadata the browser
+// must say same-origin (or none: typed by the user); else an Origin header,
+// when present, must be this host. Requests with neither (curl) pass: they
+// carry no ambient browser credentials of a victim.
+func sameOrigin(r *http.Request) bool {
+	if site := r.Header.Get("Sec-Fetch-Site"); site != "" {
+		return site == "same-origin" || site == "none"
+	}
+	if o := r.Header.Get("Origin"); o != "" {
+		u, err := url.Parse(o)
+		return err == nil && u.Host == r.Host
+	}
+	return true
+}

@@ -1,0 +1,71 @@
+package caddyoidc
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// session is what a login leaves behind: the provider's tokens and the
+// identity taken from the verified ID token (and userinfo).
+type session struct {
+	// ID is a random identifier: the key in the session store, the key of
+	// refresh de-duplication.
+	ID string `json:"sid"`
+	// ProviderSID is the provider's session id (the ID token's `sid`).
+	ProviderSID  string    `json:"psid,omitempty"`
+	AccessToken  string    `json:"at,omitempty"`
+	TokenType    string    `json:"tt,omitempty"`
+	RefreshToken string    `json:"rt,omitempty"`
+	IDToken      string    `json:"it,omitempty"`
+	Expiry       int64     `json:"exp,omitempty"` // access token expiry, unix seconds; 0: unknown
+	Created      int64     `json:"iat"`           // login time, unix seconds
+	Identity     *identity `json:"id"`
+}
+
+func (s *session) expiry() time.Time {
+	if s.Expiry == 0 {
+		return time.Time{}
+	}
+	return time.Unix(s.Expiry, 0)
+}
+
+// needsRefresh tells whether the access token is missing, expired or
+// expires within before.
+func (s *session) needsRefresh(now time.Time, before time.Duration) bool {
+	if s.AccessToken == "" {
+		return true
+	}
+	if s.Expiry == 0 {
+		return false
+	}
+	return now.Add(before).After(s.expiry())
+}
+
+// usable tells whether the access token can still be sent upstream.
+func (s *session) usable(now time.Time) bool {
+	return s.AccessToken != "" && (s.Expiry == 0 || now.Before(s.expiry()))
+}
+
+// dropInvalid removes an expired access token (seed 002's server hook, step
+// 1): what remains is either usable or refreshable.
+func (s *session) dropInvalid(now time.Time) {
+	if s.AccessToken != "" && !s.usable(now) {
+		s.AccessToken = ""
+	}
+}
+
+func encodeSession(s *session) []byte {
+	b, _ := json.Marshal(s)
+	return b
+}
+
+func decodeSession(b []byte) (*session, error) {
+	var s session
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, err
+	}
+	if s.ID == "" || s.Identity == nil || s.Identity.Subject == "" {
+		return nil, errSealed
+	}
+	return &s, nil
+}

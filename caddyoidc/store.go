@@ -1,0 +1,151 @@
+package caddyoidc
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io/fs"
+	"net/http"
+	"time"
+)
+
+// Sessions live either entirely in sealed cookies or in Caddy storage with a
+// sealed session id in the cookie.
+
+// loadSession returns the request's session, or nil when there is none (or
+// it is invalid, expired, or unreadable).
+func (o *OIDC) loadSession(r *http.Request) (*session, error) {
+	raw := readChunked(r, o.CookieName)
+	if raw == "" {
+		return nil, nil
+	}
+	pt, err := o.rt.sealer.open(raw, o.sessionPurpose())
+	if err != nil {
+		return nil, nil // tampered or foreign cookie: treated as no session
+	}
+	var s *session
+	if o.Session == "store" {
+		s, err = o.loadStored(r.Context(), string(pt))
+		if err != nil || s == nil {
+			return nil, err
+		}
+	} else if s, err = decodeSession(pt); err != nil {
+		return nil, nil
+	}
+	if time.Since(time.Unix(s.Created, 0)) > time.Duration(o.SessionLifetime) {
+		return nil, nil
+	}
+	return s, nil
+}
+
+func (o *OIDC) sessionPurpose() string {
+	if o.Session == "store" {
+		return "session-id"
+	}
+	return "session"
+}
+
+// saveSession writes s to the cookie (and storage).
+func (o *OIDC) saveSession(w http.ResponseWriter, r *http.Request, s *session) error {
+	maxAge := int(time.Until(time.Unix(s.Created, 0).Add(time.Duration(o.SessionLifetime))).Seconds())
+	if maxAge <= 0 {
+		return errors.New("session expired")
+	}
+	var value string
+	if o.Session == "store" {
+		if err := o.storeSession(r.Context(), s); err != nil {
+			return err
+		}
+		value = o.rt.sealer.seal([]byte(s.ID), o.sessionPurpose())
+	} else {
+		value = o.rt.sealer.seal(encodeSession(s), o.sessionPurpose())
+	}
+	if !writeChunked(w, r, o.cookieOpts(r), o.CookieName, value, maxAge) {
+		return errors.New("session too large for cookies; use session store")
+	}
+	o.writeExposedTokens(w, r, s, maxAge)
+	return nil
+}
+
+// clearSession deletes the session's cookies and stored record.
+func (o *OIDC) clearSession(w http.ResponseWriter, r *http.Request, s *session) {
+	if s != nil && o.Session == "store" {
+		if err := o.storage.Delete(context.WithoutCancel(r.Context()), sessionKey(s.ID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			o.logger.Error("deleting stored session", errField(err))
+		}
+	}
+	writeChunked(w, r, o.cookieOpts(r), o.CookieName, "", -1)
+	o.writeExposedTokens(w, r, nil, -1)
+}
+
+// writeExposedTokens sets (or, with s nil, clears) the JavaScript-readable
+// token cookies when expose_tokens is on.
+func (o *OIDC) writeExposedTokens(w http.ResponseWriter, r *http.Request, s *session, maxAge int) {
+	if !o.ExposeTokens {
+		return
+	}
+	opts := o.cookieOpts(r)
+	at, it := "", ""
+	if s != nil {
+		at, it = s.AccessToken, s.IDToken
+	}
+	for name, v := range map[string]string{"_access_token": at, "_id_token": it} {
+		if v == "" {
+			if _, err := r.Cookie(o.CookieName + name); err == nil {
+				http.SetCookie(w, opts.cookie(o.CookieName+name, "", "/", -1, false))
+			}
+			continue
+		}
+		http.SetCookie(w, opts.cookie(o.CookieName+name, v, "/", maxAge, false))
+	}
+}
+
+// sessionKey is the storage key of a stored session. The id is hashed so the
+// key (visible in storage listings and logs) is not the secret itself.
+func sessionKey(id string) string {
+	h := sha256.Sum256([]byte(id))
+	return "caddy-oidc/sessions/" + hex.EncodeToString(h[:])
+}
+
+func (o *OIDC) storeSession(ctx context.Context, s *session) error {
+	return o.storage.Store(context.WithoutCancel(ctx), sessionKey(s.ID),
+		[]byte(o.rt.sealer.seal(encodeSession(s), "stored-session:"+s.ID)))
+}
+
+// loadStored loads a stored session; (nil, nil) when it does not exist.
+func (o *OIDC) loadStored(ctx context.Context, id string) (*session, error) {
+	b, err := o.storage.Load(ctx, sessionKey(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	pt, err := o.rt.sealer.open(string(b), "stored-session:"+id)
+	if err != nil {
+		return nil, nil
+	}
+	s, err := decodeSession(pt)
+	if err != nil || s.ID != id {
+		return nil, nil
+	}
+	return s, nil
+}
+
+// cookieOpts gives the cookie attributes for this request.
+func (o *OIDC) cookieOpts(r *http.Request) cookieOpts {
+	secure := r.TLS != nil
+	if o.CookieSecure != nil {
+		secure = *o.CookieSecure
+	}
+	ss := http.SameSiteLaxMode
+	switch o.CookieSameSite {
+	case "strict":
+		ss = http.SameSiteStrictMode
+	case "none":
+		ss = http.SameSiteNoneMode
+		secure = true
+	}
+	return cookieOpts{secure: secure, sameSite: ss, domain: o.CookieDomain}
+}
