@@ -13,13 +13,14 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwk"
 	"github.com/lestrrat-go/jwx/v2/jws"
-	"golang.org/x/sync/singleflight"
 )
 
 // minKeyRefetch is the shortest interval between two JWKS fetches triggered
 // by tokens with an unknown kid, so that a flood of forged kids cannot turn
-// the proxy into a load generator against the provider.
-const minKeyRefetch = 5 * time.Second
+// the proxy into a load generator against the provider. The first unknown
+// kid after start-up always triggers a fetch, so a rotation is picked up at
+// once.
+var minKeyRefetch = 5 * time.Second
 
 // remoteKeySet is the provider's JWKS, cached and refetched when a token names
 // a kid it does not know (OpenID Connect Core 10.1.1), at most every
@@ -29,10 +30,11 @@ type remoteKeySet struct {
 	url    string
 	client *http.Client
 
-	mu        sync.RWMutex
-	set       jwk.Set
-	fetchedAt time.Time
-	group     singleflight.Group
+	mu       sync.RWMutex
+	set      jwk.Set
+	inflight *keyFetch
+	// lastOnDemand is when a token with an unknown kid last caused a fetch.
+	lastOnDemand time.Time
 }
 
 func newRemoteKeySet(url string, client *http.Client) *remoteKeySet {
@@ -117,31 +119,46 @@ func keyFitsAlg(key jwk.Key, alg jwa.SignatureAlgorithm) bool {
 	return false
 }
 
-// refresh fetches the JWKS. With onDemand, it does nothing when the last
-// fetch is more recent than minKeyRefetch. Concurrent callers share a fetch.
+// refresh fetches the JWKS. With onDemand (a token named an unknown kid), a
+// fetch starts only if none did within minKeyRefetch; a fetch already in
+// flight is always joined.
 func (k *remoteKeySet) refresh(ctx context.Context, onDemand bool) error {
-	k.mu.RLock()
-	recent := time.Since(k.fetchedAt) < minKeyRefetch && k.set != nil
-	k.mu.RUnlock()
-	if onDemand && recent {
-		return errUnknownKey
-	}
-	ch := k.group.DoChan("jwks", func() (any, error) {
-		set, err := fetchJWKS(context.WithoutCancel(ctx), k.client, k.url)
-		k.mu.Lock()
-		k.fetchedAt = time.Now()
-		if err == nil {
-			k.set = set
+	k.mu.Lock()
+	f := k.inflight
+	if f == nil {
+		if onDemand && k.set != nil && !k.lastOnDemand.IsZero() && time.Since(k.lastOnDemand) < minKeyRefetch {
+			k.mu.Unlock()
+			return errUnknownKey
 		}
-		k.mu.Unlock()
-		return nil, err
-	})
+		if onDemand {
+			k.lastOnDemand = time.Now()
+		}
+		f = &keyFetch{done: make(chan struct{})}
+		k.inflight = f
+		go func() {
+			set, err := fetchJWKS(context.WithoutCancel(ctx), k.client, k.url)
+			k.mu.Lock()
+			if err == nil {
+				k.set = set
+			}
+			f.err = err
+			k.inflight = nil
+			k.mu.Unlock()
+			close(f.done)
+		}()
+	}
+	k.mu.Unlock()
 	select {
-	case res := <-ch:
-		return res.Err
+	case <-f.done:
+		return f.err
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+type keyFetch struct {
+	done chan struct{}
+	err  error
 }
 
 func fetchJWKS(ctx context.Context, client *http.Client, url string) (jwk.Set, error) {

@@ -1,0 +1,148 @@
+package caddyoidc
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	input := `oidc {
+		issuer        https://idp.example.com
+		client_id     {env.OIDC_CLIENT_ID}
+		client_secret {env.OIDC_CLIENT_SECRET}
+		scopes        openid profile email offline_access
+		audience      my-api other-api
+		routes        /oauth
+		redirect_url  https://app.example.com/oauth/callback
+		post_logout_redirect https://app.example.com/bye
+		auth_param    access_type offline
+		auth_param    prompt consent
+		cookie_secret {file./run/secret}
+		cookie_name   sess
+		cookie_domain example.com
+		cookie_secure off
+		cookie_samesite strict
+		session       store
+		session_lifetime 12h
+		refresh_before 1m
+		expose_tokens
+		allow_anonymous
+		pass_token    id
+		roles_claim   https://hasura.io/jwt/claims x-hasura-allowed-roles
+		claim_header  X-Hasura-User-Id sub
+		require_role  admin editor
+		require_role  staff
+		require_claim email_verified true
+		introspection https://idp.example.com/introspect
+		idp_timeout   3s
+		userinfo      off
+		strip_cookies off
+	}`
+	var o OIDC
+	if err := o.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input)); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := json.Marshal(o)
+	want := `{"issuer":"https://idp.example.com","client_id":"{env.OIDC_CLIENT_ID}","client_secret":"{env.OIDC_CLIENT_SECRET}",` +
+		`"scopes":["openid","profile","email","offline_access"],"audience":["my-api","other-api"],"routes":"/oauth",` +
+		`"redirect_url":"https://app.example.com/oauth/callback","post_logout_redirect_url":"https://app.example.com/bye",` +
+		`"auth_params":{"access_type":"offline","prompt":"consent"},"cookie_secret":"{file./run/secret}","cookie_name":"sess",` +
+		`"cookie_domain":"example.com","cookie_secure":false,"cookie_samesite":"strict","session":"store",` +
+		`"session_lifetime":43200000000000,"refresh_before":60000000000,"expose_tokens":true,"allow_anonymous":true,` +
+		`"pass_token":"id","roles_claim":["https://hasura.io/jwt/claims","x-hasura-allowed-roles"],` +
+		`"claim_headers":{"X-Hasura-User-Id":"sub"},"require_roles":[["admin","editor"],["staff"]],` +
+		`"require_claims":[{"path":"email_verified","values":["true"]}],"introspection":true,` +
+		`"introspection_endpoint":"https://idp.example.com/introspect","idp_timeout":3000000000,"userinfo_fetch":false,"strip_cookies":false}`
+	if string(got) != want {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+}
+
+func TestUnmarshalCaddyfileErrors(t *testing.T) {
+	tests := []string{
+		`oidc extra-arg`,
+		`oidc { unknown_thing 1 }`,
+		`oidc { issuer }`,
+		`oidc { issuer a b }`,
+		`oidc { session_lifetime forever }`,
+		`oidc { cookie_secure maybe }`,
+		`oidc { auth_param only-name }`,
+		`oidc { claim_header X-Only }`,
+		`oidc { require_claim only-path }`,
+		`oidc { require_role }`,
+		`oidc { scopes }`,
+	}
+	for _, in := range tests {
+		in = strings.ReplaceAll(strings.ReplaceAll(in, "{ ", "{\n"), " }", "\n}")
+		var o OIDC
+		if err := o.UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err == nil {
+			t.Errorf("%q: no error", in)
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	base := func() *OIDC {
+		return &OIDC{Issuer: "https://idp.example.com", ClientID: "c", Scopes: []string{"openid"}, Session: "cookie",
+			PassToken: "access", CookieSameSite: "lax", SessionLifetime: 100, RefreshBefore: 1}
+	}
+	tests := []struct {
+		name   string
+		mutate func(*OIDC)
+		errSub string
+	}{
+		{"ok", func(*OIDC) {}, ""},
+		{"no issuer", func(o *OIDC) { o.Issuer = "" }, "issuer is required"},
+		{"relative issuer", func(o *OIDC) { o.Issuer = "idp.example.com" }, "absolute"},
+		{"no client", func(o *OIDC) { o.ClientID = "" }, "client_id is required"},
+		{"no openid", func(o *OIDC) { o.Scopes = []string{"profile"} }, "openid"},
+		{"bad session", func(o *OIDC) { o.Session = "redis" }, "session"},
+		{"bad pass_token", func(o *OIDC) { o.PassToken = "refresh" }, "pass_token"},
+		{"bad samesite", func(o *OIDC) { o.CookieSameSite = "sometimes" }, "samesite"},
+		{"reserved param", func(o *OIDC) { o.AuthParams = map[string]string{"state": "x"} }, "state"},
+		{"refresh_before too long", func(o *OIDC) { o.RefreshBefore = 1000 }, "refresh_before"},
+	}
+	for _, tt := range tests {
+		o := base()
+		tt.mutate(o)
+		err := o.Validate()
+		if tt.errSub == "" && err != nil || tt.errSub != "" && (err == nil || !strings.Contains(err.Error(), tt.errSub)) {
+			t.Errorf("%s: err = %v, want %q", tt.name, err, tt.errSub)
+		}
+	}
+}
+
+// TestAdaptNeedsNoOrder checks that the directive is ordered by itself and
+// that secrets given as placeholders stay placeholders in the JSON.
+func TestAdaptNeedsNoOrder(t *testing.T) {
+	cf := `example.com {
+		oidc {
+			issuer https://idp.example.com
+			client_id app
+			client_secret {env.SECRET}
+		}
+		reverse_proxy 127.0.0.1:3000
+	}`
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	out, warn, err := adapter.Adapt([]byte(cf), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range warn {
+		if !strings.Contains(w.Message, "not formatted") {
+			t.Fatalf("warning: %v", w)
+		}
+	}
+	s := string(out)
+	if !strings.Contains(s, `"handler":"oidc"`) || !strings.Contains(s, `"client_secret":"{env.SECRET}"`) {
+		t.Fatalf("unexpected JSON: %s", s)
+	}
+	if strings.Index(s, `"handler":"oidc"`) > strings.Index(s, `"handler":"reverse_proxy"`) {
+		t.Fatal("oidc is not ordered before reverse_proxy")
+	}
+}

@@ -1,0 +1,241 @@
+package caddyoidc
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+func TestSealRoundTripAndTamper(t *testing.T) {
+	s, err := newSealer([]byte(strings.Repeat("k", 32)), "cookies")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := newSealer([]byte(strings.Repeat("x", 32)), "cookies")
+	v := s.seal([]byte("hello"), "session")
+	if got, err := s.open(v, "session"); err != nil || string(got) != "hello" {
+		t.Fatalf("open = %q, %v", got, err)
+	}
+	flip := []byte(v)
+	flip[len(flip)/2] ^= 1
+	tests := []struct {
+		name, value, purpose string
+		s                    *sealer
+	}{
+		{"wrong purpose", v, "flow:abc", s},
+		{"wrong key", v, "session", other},
+		{"tampered", string(flip), "session", s},
+		{"truncated", v[:10], "session", s},
+		{"not base64", "!!!", "session", s},
+		{"empty", "", "session", s},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := tt.s.open(tt.value, tt.purpose); err == nil {
+				t.Fatal("opened an invalid value")
+			}
+		})
+	}
+	if _, err := newSealer([]byte("short"), "x"); err == nil {
+		t.Fatal("short secret accepted")
+	}
+}
+
+func TestSafeBack(t *testing.T) {
+	tests := []struct {
+		in   string
+		want string
+	}{
+		{"/", "/"},
+		{"/app?x=1#frag", "/app?x=1#frag"},
+		{"/a/b/c", "/a/b/c"},
+		{"", "/"},
+		{"//evil.example", "/"},
+		{"/\\evil.example", "/"},
+		{"\\\\evil.example", "/"},
+		{"https://evil.example/", "/"},
+		{"http:evil.example", "/"},
+		{"javascript:alert(1)", "/"},
+		{"evil.example", "/"},
+		{"/%2fevil.example", "/"},
+		{"/%5cevil.example", "/"},
+		{"/\tevil", "/"},
+		{"/\r\nLocation: x", "/"},
+		{"/a\\b", "/"},
+		{"/" + strings.Repeat("a", 3000), "/"},
+		{" /x", "/"},
+	}
+	for _, tt := range tests {
+		if got := safeBack(tt.in); got != tt.want {
+			t.Errorf("safeBack(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestChunkedCookies(t *testing.T) {
+	opts := cookieOpts{secure: true, sameSite: http.SameSiteLaxMode}
+	value := strings.Repeat("v", maxChunkSize*2+10)
+	rec := httptest.NewRecorder()
+	if !writeChunked(rec, httptest.NewRequest("GET", "/", nil), opts, "c", value, 60) {
+		t.Fatal("write failed")
+	}
+	cookies := rec.Result().Cookies()
+	if len(cookies) != 3 {
+		t.Fatalf("got %d chunks, want 3", len(cookies))
+	}
+	req := httptest.NewRequest("GET", "/", nil)
+	for _, c := range cookies {
+		if !c.HttpOnly || !c.Secure || c.SameSite != http.SameSiteLaxMode {
+			t.Fatalf("cookie attributes: %+v", c)
+		}
+		if len(c.String()) > 4096 {
+			t.Fatalf("cookie over 4096 bytes: %d", len(c.String()))
+		}
+		req.AddCookie(c)
+	}
+	if got := readChunked(req, "c"); got != value {
+		t.Fatal("reassembled value differs")
+	}
+	// Shrinking deletes the surplus chunks the request carried.
+	rec = httptest.NewRecorder()
+	writeChunked(rec, req, opts, "c", "small", 60)
+	var deleted int
+	for _, c := range rec.Result().Cookies() {
+		if c.MaxAge < 0 {
+			deleted++
+		}
+	}
+	if deleted != 2 {
+		t.Fatalf("deleted %d chunks, want 2", deleted)
+	}
+	// Too many chunks are refused on write and on read.
+	if writeChunked(httptest.NewRecorder(), req, opts, "c", strings.Repeat("v", maxChunkSize*maxChunks+1), 60) {
+		t.Fatal("oversized value written")
+	}
+	big := httptest.NewRequest("GET", "/", nil)
+	for i := 0; i <= maxChunks; i++ {
+		big.AddCookie(&http.Cookie{Name: chunkName("c", i), Value: "x"})
+	}
+	if readChunked(big, "c") != "" {
+		t.Fatal("read more than maxChunks")
+	}
+}
+
+func TestStripCookies(t *testing.T) {
+	r := httptest.NewRequest("GET", "/", nil)
+	r.Header.Set("Cookie", "caddy_oidc_0=secret; app=1; caddy_oidc_flow_abc=x; other=2")
+	stripCookies(r, "caddy_oidc")
+	if got := r.Header.Get("Cookie"); got != "app=1; other=2" {
+		t.Fatalf("Cookie = %q", got)
+	}
+}
+
+func TestLookupClaim(t *testing.T) {
+	claims := map[string]any{
+		"groups":                       []any{"admin", "users"},
+		"realm_access":                 map[string]any{"roles": []any{"r1"}},
+		"https://hasura.io/jwt/claims": map[string]any{"x-hasura-allowed-roles": []any{"user", "editor"}},
+		"a.b":                          "dotted",
+	}
+	tests := []struct {
+		path []string
+		want []string
+	}{
+		{[]string{"groups"}, []string{"admin", "users"}},
+		{[]string{"realm_access", "roles"}, []string{"r1"}},
+		{[]string{"realm_access.roles"}, []string{"r1"}},
+		{[]string{"https://hasura.io/jwt/claims", "x-hasura-allowed-roles"}, []string{"user", "editor"}},
+		{[]string{"https://hasura.io/jwt/claims.x-hasura-allowed-roles"}, []string{"user", "editor"}},
+		{[]string{"a.b"}, []string{"dotted"}},
+		{[]string{"missing"}, nil},
+		{[]string{"groups", "x"}, nil},
+	}
+	for _, tt := range tests {
+		got := claimStrings(lookupClaim(claims, tt.path))
+		if strings.Join(got, ",") != strings.Join(tt.want, ",") {
+			t.Errorf("lookup %v = %v, want %v", tt.path, got, tt.want)
+		}
+	}
+}
+
+func TestClaimRules(t *testing.T) {
+	o := &OIDC{
+		RequireRoles:  [][]string{{"admin", "ops"}},
+		RequireClaims: []ClaimRule{{Path: "email_verified", Values: []string{"true"}}},
+	}
+	tests := []struct {
+		name string
+		id   *identity
+		ok   bool
+	}{
+		{"role and claim", &identity{Roles: []string{"ops"}, Claims: map[string]any{"email_verified": true}}, true},
+		{"no role", &identity{Roles: []string{"users"}, Claims: map[string]any{"email_verified": true}}, false},
+		{"claim false", &identity{Roles: []string{"admin"}, Claims: map[string]any{"email_verified": false}}, false},
+		{"claim missing", &identity{Roles: []string{"admin"}, Claims: map[string]any{}}, false},
+	}
+	for _, tt := range tests {
+		if got := o.checkRules(tt.id) == ""; got != tt.ok {
+			t.Errorf("%s: allowed=%v, want %v", tt.name, got, tt.ok)
+		}
+	}
+}
+
+func TestIsNavigation(t *testing.T) {
+	tests := []struct {
+		method, mode, accept string
+		want                 bool
+	}{
+		{"GET", "navigate", "text/html", true},
+		{"GET", "cors", "text/html", false},
+		{"GET", "", "text/html,application/xhtml+xml", true},
+		{"GET", "", "application/json", false},
+		{"GET", "", "*/*", false},
+		{"POST", "navigate", "text/html", false},
+	}
+	for _, tt := range tests {
+		r := httptest.NewRequest(tt.method, "/", nil)
+		if tt.mode != "" {
+			r.Header.Set("Sec-Fetch-Mode", tt.mode)
+		}
+		r.Header.Set("Accept", tt.accept)
+		if got := isNavigation(r); got != tt.want {
+			t.Errorf("%+v: got %v", tt, got)
+		}
+	}
+}
+
+func TestHeaderValueStripsControlCharacters(t *testing.T) {
+	if got := headerValue("a\r\nX-Evil: 1"); got != "aX-Evil: 1" {
+		t.Fatalf("got %q", got)
+	}
+	if got := headerValue([]any{"a", "b", 3.0}); got != "a,b,3" {
+		t.Fatalf("got %q", got)
+	}
+}
+
+func TestSameOrigin(t *testing.T) {
+	tests := []struct {
+		site, origin string
+		want         bool
+	}{
+		{"same-origin", "", true},
+		{"cross-site", "", false},
+		{"same-site", "", false},
+		{"", "http://example.com", true},
+		{"", "http://evil.example", false},
+		{"", "", true},
+	}
+	for _, tt := range tests {
+		r := httptest.NewRequest("POST", "http://example.com/auth/logout", nil)
+		if tt.site != "" {
+			r.Header.Set("Sec-Fetch-Site", tt.site)
+		}
+		if tt.origin != "" {
+			r.Header.Set("Origin", tt.origin)
+		}
+		if got := sameOrigin(r); got != tt.want {
+			t.Errorf("%+v: got %v", tt, got)
+		}
+	}
+}
