@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/caddy-oidc/caddy-oidc/internal/seal"
 	"net"
 	"net/http"
 	"strings"
@@ -67,8 +68,8 @@ func (o *OIDC) serveLogin(w http.ResponseWriter, r *http.Request, p *provider) {
 		return
 	}
 	f := flowState{
-		State:    randomString(32),
-		Nonce:    randomString(32),
+		State:    seal.RandomString(32),
+		Nonce:    seal.RandomString(32),
 		Verifier: oauth2.GenerateVerifier(),
 		Back:     safeBack(r.URL.Query().Get("back")),
 		Redirect: o.redirectURL(r),
@@ -87,7 +88,7 @@ func (o *OIDC) serveLogin(w http.ResponseWriter, r *http.Request, p *provider) {
 			}
 		}
 	}
-	http.SetCookie(w, opts.cookie(o.flowCookieName(f.State), o.rt.sealer.seal(b, "flow:"+f.State),
+	http.SetCookie(w, opts.cookie(o.flowCookieName(f.State), o.rt.sealer.Seal(b, "flow:"+f.State),
 		o.Routes, int(flowLifetime.Seconds()), true))
 
 	authOpts := []oauth2.AuthCodeOption{oidc.Nonce(f.Nonce), oauth2.S256ChallengeOption(f.Verifier)}
@@ -133,7 +134,7 @@ func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider
 	opts := o.cookieOpts(r)
 	http.SetCookie(w, opts.cookie(name, "", o.Routes, -1, true))
 	var f flowState
-	pt, err := o.rt.sealer.open(c.Value, "flow:"+state)
+	pt, err := o.rt.sealer.Open(c.Value, "flow:"+state)
 	if err != nil || json.Unmarshal(pt, &f) != nil || f.State != state {
 		o.callbackError(w, r, http.StatusBadRequest, "state does not match the login in progress", nil)
 		return
@@ -198,7 +199,7 @@ func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider
 	}
 	now := time.Now()
 	s := &session{
-		ID:           randomString(32),
+		ID:           seal.RandomString(32),
 		AccessToken:  tok.AccessToken,
 		TokenType:    tok.TokenType,
 		RefreshToken: tok.RefreshToken,

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/caddy-oidc/caddy-oidc/internal/seal"
 	"net/http"
 	"net/url"
 	"slices"
@@ -190,6 +191,9 @@ func (OIDC) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
+// cookieSecretKey is where a generated cookie secret is kept in Caddy storage.
+const cookieSecretKey = "caddy-oidc/cookie_secret"
+
 const (
 	defaultRoutes          = "/auth"
 	defaultCookieName      = "caddy_oidc"
@@ -275,11 +279,11 @@ func (o *OIDC) Provision(ctx caddy.Context) error {
 			return errors.New("cookie_secret: empty or unknown placeholder")
 		}
 	} else {
-		if secret, err = loadOrCreateSecret(ctx, o.storage, cookieSecretKey); err != nil {
+		if secret, err = seal.LoadOrCreateSecret(ctx, o.storage, cookieSecretKey); err != nil {
 			return fmt.Errorf("cookie secret from storage: %v", err)
 		}
 	}
-	if rt.sealer, err = newSealer([]byte(secret), "cookies"); err != nil {
+	if rt.sealer, err = seal.New([]byte(secret), "cookies"); err != nil {
 		return fmt.Errorf("cookie_secret: %v", err)
 	}
 	rt.refreshes = new(singleflight.Group)
@@ -374,7 +378,7 @@ type runtime struct {
 	postLogoutURL    string
 	introspectionURL string
 	httpClient       *http.Client
-	sealer           *sealer
+	sealer           *seal.Sealer
 	disc             *discoverer
 	refreshes        *singleflight.Group
 	recent           *recentRefreshes

@@ -2,6 +2,7 @@ package caddyoidc
 
 import (
 	"encoding/json"
+	"github.com/caddy-oidc/caddy-oidc/internal/seal"
 	"time"
 )
 
@@ -65,7 +66,7 @@ func decodeSession(b []byte) (*session, error) {
 		return nil, err
 	}
 	if s.ID == "" || s.Identity == nil || s.Identity.Subject == "" {
-		return nil, errSealed
+		return nil, seal.ErrInvalid
 	}
 	return &s, nil
 }

@@ -20,7 +20,7 @@ func (o *OIDC) loadSession(r *http.Request) (*session, error) {
 	if raw == "" {
 		return nil, nil
 	}
-	pt, err := o.rt.sealer.open(raw, o.sessionPurpose())
+	pt, err := o.rt.sealer.Open(raw, o.sessionPurpose())
 	if err != nil {
 		return nil, nil // tampered or foreign cookie: treated as no session
 	}
@@ -57,9 +57,9 @@ func (o *OIDC) saveSession(w http.ResponseWriter, r *http.Request, s *session) e
 		if err := o.storeSession(r.Context(), s); err != nil {
 			return err
 		}
-		value = o.rt.sealer.seal([]byte(s.ID), o.sessionPurpose())
+		value = o.rt.sealer.Seal([]byte(s.ID), o.sessionPurpose())
 	} else {
-		value = o.rt.sealer.seal(encodeSession(s), o.sessionPurpose())
+		value = o.rt.sealer.Seal(encodeSession(s), o.sessionPurpose())
 	}
 	if !writeChunked(w, r, o.cookieOpts(r), o.CookieName, value, maxAge) {
 		return errors.New("session too large for cookies; use session store")
@@ -110,7 +110,7 @@ func sessionKey(id string) string {
 
 func (o *OIDC) storeSession(ctx context.Context, s *session) error {
 	return o.storage.Store(context.WithoutCancel(ctx), sessionKey(s.ID),
-		[]byte(o.rt.sealer.seal(encodeSession(s), "stored-session:"+s.ID)))
+		[]byte(o.rt.sealer.Seal(encodeSession(s), "stored-session:"+s.ID)))
 }
 
 // loadStored loads a stored session; (nil, nil) when it does not exist.
@@ -122,7 +122,7 @@ func (o *OIDC) loadStored(ctx context.Context, id string) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	pt, err := o.rt.sealer.open(string(b), "stored-session:"+id)
+	pt, err := o.rt.sealer.Open(string(b), "stored-session:"+id)
 	if err != nil {
 		return nil, nil
 	}

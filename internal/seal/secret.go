@@ -1,4 +1,4 @@
-package caddyoidc
+package seal
 
 import (
 	"context"
@@ -10,13 +10,10 @@ import (
 	"github.com/caddyserver/certmagic"
 )
 
-// cookieSecretKey is where a generated cookie secret is kept in Caddy storage.
-const cookieSecretKey = "caddy-oidc/cookie_secret"
-
-// loadOrCreateSecret returns the secret stored at key, generating and storing
+// LoadOrCreateSecret returns the secret stored at key, generating and storing
 // a random 32-byte one the first time. A storage lock makes instances that
 // start together with shared storage agree on one secret.
-func loadOrCreateSecret(ctx context.Context, st certmagic.Storage, key string) (string, error) {
+func LoadOrCreateSecret(ctx context.Context, st certmagic.Storage, key string) (string, error) {
 	if b, err := st.Load(ctx, key); err == nil && len(b) >= 32 {
 		return string(b), nil
 	}

@@ -1,4 +1,7 @@
-package caddyoidc
+// Package seal encrypts and authenticates small values (cookies, stored
+// sessions and grants) with AES-256-GCM, and keeps generated secrets in
+// Caddy storage.
+package seal
 
 import (
 	"crypto/aes"
@@ -10,22 +13,22 @@ import (
 	"errors"
 )
 
-// sealer encrypts and authenticates small values (session cookies, flow
+// Sealer encrypts and authenticates small values (session cookies, flow
 // cookies, stored sessions) with AES-256-GCM. Every value is bound to a
 // purpose string (its "associated data"), so a value sealed as a flow cookie
 // can never be opened as a session and vice versa.
-type sealer struct {
+type Sealer struct {
 	aead cipher.AEAD
 }
 
-// errSealed is returned for every failure to open a sealed value. It carries
+// ErrInvalid is returned for every failure to open a sealed value. It carries
 // no detail on purpose: callers log "invalid cookie", never the value.
-var errSealed = errors.New("sealed value is invalid")
+var ErrInvalid = errors.New("sealed value is invalid")
 
-// newSealer derives an AES-256 key from secret with HKDF-SHA256, so operators
+// New derives an AES-256 key from secret with HKDF-SHA256, so operators
 // may give a secret of any length >= 32 bytes (a random passphrase, a base64
 // string) and every purpose of the key (label) gets its own subkey.
-func newSealer(secret []byte, label string) (*sealer, error) {
+func New(secret []byte, label string) (*Sealer, error) {
 	if len(secret) < 32 {
 		return nil, errors.New("secret must be at least 32 bytes")
 	}
@@ -41,11 +44,11 @@ func newSealer(secret []byte, label string) (*sealer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &sealer{aead: aead}, nil
+	return &Sealer{aead: aead}, nil
 }
 
-// seal returns base64url(nonce || ciphertext || tag).
-func (s *sealer) seal(plaintext []byte, purpose string) string {
+// Seal returns base64url(nonce || ciphertext || tag).
+func (s *Sealer) Seal(plaintext []byte, purpose string) string {
 	nonce := make([]byte, s.aead.NonceSize(), s.aead.NonceSize()+len(plaintext)+s.aead.Overhead())
 	if _, err := rand.Read(nonce); err != nil {
 		panic(err) // crypto/rand never fails on supported platforms
@@ -54,25 +57,25 @@ func (s *sealer) seal(plaintext []byte, purpose string) string {
 	return base64.RawURLEncoding.EncodeToString(out)
 }
 
-// open reverses seal. It fails for any tampered, truncated or foreign value.
-func (s *sealer) open(value string, purpose string) ([]byte, error) {
+// Open reverses Seal. It fails for any tampered, truncated or foreign value.
+func (s *Sealer) Open(value string, purpose string) ([]byte, error) {
 	raw, err := base64.RawURLEncoding.DecodeString(value)
 	if err != nil {
-		return nil, errSealed
+		return nil, ErrInvalid
 	}
 	ns := s.aead.NonceSize()
 	if len(raw) < ns+s.aead.Overhead() {
-		return nil, errSealed
+		return nil, ErrInvalid
 	}
 	pt, err := s.aead.Open(nil, raw[:ns], raw[ns:], []byte(purpose))
 	if err != nil {
-		return nil, errSealed
+		return nil, ErrInvalid
 	}
 	return pt, nil
 }
 
-// randomString returns n random bytes encoded with base64url.
-func randomString(n int) string {
+// RandomString returns n random bytes encoded with base64url.
+func RandomString(n int) string {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
 		panic(err)

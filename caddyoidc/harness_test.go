@@ -1,0 +1,152 @@
+package caddyoidc_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/caddy-oidc/caddy-oidc/caddyoidc"
+)
+
+// upstream records what the proxied application receives.
+type upstream struct {
+	*httptest.Server
+	mu   sync.Mutex
+	last http.Header
+	hits int
+}
+
+func newUpstream(t *testing.T) *upstream {
+	u := &upstream{}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.mu.Lock()
+		u.last = r.Header.Clone()
+		u.hits++
+		u.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]string{
+			"path": r.URL.RequestURI(),
+			"user": r.Header.Get("X-Auth-Request-User"),
+		})
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+func (u *upstream) header() http.Header {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.last
+}
+
+func (u *upstream) count() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.hits
+}
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// caddyInstance is Caddy running in this process with a Caddyfile.
+type caddyInstance struct {
+	URL     string
+	Storage string
+}
+
+// startCaddy runs Caddy in-process with oidcBlock inside a site on a free
+// loopback port that proxies to up. storageDir may be shared by callers.
+func startCaddy(t *testing.T, oidcBlock string, up *upstream, storageDir string) *caddyInstance {
+	t.Helper()
+	if storageDir == "" {
+		storageDir = t.TempDir()
+	}
+	port := freePort(t)
+	cf := fmt.Sprintf(`{
+	admin off
+	auto_https off
+	storage file_system %s
+	log {
+		output stderr
+		level ERROR
+	}
+}
+http://127.0.0.1:%d {
+	%s
+	reverse_proxy %s
+}
+`, storageDir, port, oidcBlock, strings.TrimPrefix(up.URL, "http://"))
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
+	if err != nil {
+		t.Fatalf("adapt: %v\n%s", err, cf)
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+	return &caddyInstance{URL: fmt.Sprintf("http://127.0.0.1:%d", port), Storage: storageDir}
+}
+
+// browser is an HTTP client with a cookie jar that does not follow redirects.
+func browser() *http.Client {
+	jar, _ := cookiejar.New(nil)
+	return &http.Client{
+		Jar:           jar,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+func get(t *testing.T, c *http.Client, url string, hdr ...string) *http.Response {
+	t.Helper()
+	return do(t, c, "GET", url, hdr...)
+}
+
+func do(t *testing.T, c *http.Client, method, url string, hdr ...string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+func body(t *testing.T, resp *http.Response) string {
+	t.Helper()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func requireBrowser() bool {
+	return os.Getenv("CADDY_OIDC_REQUIRE_BROWSER") == "1" || os.Getenv("CI") == "true"
+}
+
+var navigate = []string{"Accept", "text/html", "Sec-Fetch-Mode", "navigate"}

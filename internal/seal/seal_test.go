@@ -1,0 +1,41 @@
+package seal
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestSealRoundTripAndTamper(t *testing.T) {
+	s, err := New([]byte(strings.Repeat("k", 32)), "cookies")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := New([]byte(strings.Repeat("x", 32)), "cookies")
+	v := s.Seal([]byte("hello"), "session")
+	if got, err := s.Open(v, "session"); err != nil || string(got) != "hello" {
+		t.Fatalf("open = %q, %v", got, err)
+	}
+	flip := []byte(v)
+	flip[len(flip)/2] ^= 1
+	tests := []struct {
+		name, value, purpose string
+		s                    *Sealer
+	}{
+		{"wrong purpose", v, "flow:abc", s},
+		{"wrong key", v, "session", other},
+		{"tampered", string(flip), "session", s},
+		{"truncated", v[:10], "session", s},
+		{"not base64", "!!!", "session", s},
+		{"empty", "", "session", s},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := tt.s.Open(tt.value, tt.purpose); err == nil {
+				t.Fatal("opened an invalid value")
+			}
+		})
+	}
+	if _, err := New([]byte("short"), "x"); err == nil {
+		t.Fatal("short secret accepted")
+	}
+}
