@@ -1,0 +1,184 @@
+package azatauth
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/seal"
+)
+
+// grantPrefix holds one sealed record per user (grant key).
+const grantPrefix = "caddy-oidc/azat/grants/"
+
+// Grant is what the proxy keeps for a user so that AZATs keep working:
+// the provider's tokens, the user's identity, and the window of valid jti.
+type Grant struct {
+	// Key is <idp-iss>#<idp-sub>, the sub of the user's AZATs.
+	Key          string `json:"key"`
+	AccessToken  string `json:"at,omitempty"`
+	TokenType    string `json:"tt,omitempty"`
+	Expiry       int64  `json:"exp,omitempty"` // access token expiry, unix seconds
+	RefreshToken string `json:"rt,omitempty"`
+	IDToken      string `json:"it,omitempty"`
+	// Claims are the identity claims captured at login.
+	Claims map[string]any `json:"claims,omitempty"`
+	// Tokens with MinJTI <= jti < MaxJTI are valid. Revocation sets MinJTI
+	// to MaxJTI; the counters survive deletion of the tokens (the record is
+	// kept as a tombstone), and a record created from scratch starts at the
+	// current time in microseconds, so recreating a grant never revives old
+	// tokens.
+	MinJTI  uint64 `json:"min_jti"`
+	MaxJTI  uint64 `json:"max_jti"`
+	Updated int64  `json:"updated"`
+}
+
+// Usable tells whether the grant holds a refresh token.
+func (g *Grant) Usable() bool { return g != nil && g.RefreshToken != "" }
+
+// JTIValid tells whether jti is inside the window.
+func (g *Grant) JTIValid(jti uint64) bool { return g != nil && jti >= g.MinJTI && jti < g.MaxJTI }
+
+// NeedsRefresh tells whether the access token is missing or expires within before.
+func (g *Grant) NeedsRefresh(now time.Time, before time.Duration) bool {
+	if g.AccessToken == "" {
+		return true
+	}
+	return g.Expiry != 0 && now.Add(before).Unix() >= g.Expiry
+}
+
+// GrantStore keeps grants in Caddy storage, sealed with AES-256-GCM bound to
+// the grant key.
+type GrantStore struct {
+	st     certmagic.Storage
+	sealer *seal.Sealer
+}
+
+// NewGrantStore returns a store on st sealing with sealer.
+func NewGrantStore(st certmagic.Storage, sealer *seal.Sealer) *GrantStore {
+	return &GrantStore{st: st, sealer: sealer}
+}
+
+// StorageKey is the storage key of a grant (the user key is hashed).
+func StorageKey(grantKey string) string {
+	h := sha256.Sum256([]byte(grantKey))
+	return grantPrefix + hex.EncodeToString(h[:])
+}
+
+// Load returns the grant, or (nil, nil) when there is none.
+func (s *GrantStore) Load(ctx context.Context, key string) (*Grant, error) {
+	b, err := s.st.Load(ctx, StorageKey(key))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	pt, err := s.sealer.Open(string(b), "grant:"+key)
+	if err != nil {
+		return nil, errors.New("grant record cannot be opened (wrong grant secret?)")
+	}
+	var g Grant
+	if err := json.Unmarshal(pt, &g); err != nil || g.Key != key {
+		return nil, errors.New("grant record is corrupt")
+	}
+	return &g, nil
+}
+
+// Save writes g.
+func (s *GrantStore) Save(ctx context.Context, g *Grant) error {
+	g.Updated = time.Now().Unix()
+	b, err := json.Marshal(g)
+	if err != nil {
+		return err
+	}
+	return s.st.Store(ctx, StorageKey(g.Key), []byte(s.sealer.Seal(b, "grant:"+g.Key)))
+}
+
+// Update runs fn on the current grant (nil when there is none) under the
+// grant's storage lock, and saves what fn returns (nothing when fn returns
+// nil). Every instance sharing storage serializes on the same lock.
+func (s *GrantStore) Update(ctx context.Context, key string, fn func(*Grant) (*Grant, error)) (*Grant, error) {
+	lock := StorageKey(key)
+	if err := s.st.Lock(ctx, lock); err != nil {
+		return nil, err
+	}
+	defer s.st.Unlock(context.WithoutCancel(ctx), lock) //nolint:errcheck
+	cur, err := s.Load(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	next, err := fn(cur)
+	if err != nil || next == nil {
+		return next, err
+	}
+	if err := s.Save(ctx, next); err != nil {
+		return nil, err
+	}
+	return next, nil
+}
+
+// Put stores the tokens of a login, keeping the jti window of an existing
+// record (or tombstone).
+func (s *GrantStore) Put(ctx context.Context, g *Grant) error {
+	_, err := s.Update(ctx, g.Key, func(cur *Grant) (*Grant, error) {
+		if cur != nil {
+			g.MinJTI, g.MaxJTI = cur.MinJTI, cur.MaxJTI
+		} else {
+			// A new record starts its window at the current time in
+			// microseconds: larger than any jti minted before, even if an
+			// earlier record (and its counters) was deleted from storage.
+			g.MinJTI = uint64(time.Now().UnixMicro())
+			g.MaxJTI = g.MinJTI
+		}
+		return g, nil
+	})
+	return err
+}
+
+// NextJTI reserves the next token id of a usable grant.
+func (s *GrantStore) NextJTI(ctx context.Context, key string) (uint64, *Grant, error) {
+	var jti uint64
+	g, err := s.Update(ctx, key, func(cur *Grant) (*Grant, error) {
+		if !cur.Usable() {
+			return nil, ErrNoGrant
+		}
+		jti = cur.MaxJTI
+		cur.MaxJTI++
+		return cur, nil
+	})
+	return jti, g, err
+}
+
+// Revoke invalidates every token minted so far for key.
+func (s *GrantStore) Revoke(ctx context.Context, key string) error {
+	_, err := s.Update(ctx, key, func(cur *Grant) (*Grant, error) {
+		if cur == nil {
+			return nil, nil
+		}
+		cur.MinJTI = cur.MaxJTI
+		return cur, nil
+	})
+	return err
+}
+
+// Forget drops the provider tokens (invalid_grant) and revokes every AZAT,
+// keeping a tombstone with the jti window.
+func (s *GrantStore) Forget(ctx context.Context, key string) error {
+	_, err := s.Update(ctx, key, func(cur *Grant) (*Grant, error) {
+		if cur == nil {
+			return nil, nil
+		}
+		return &Grant{Key: key, MinJTI: cur.MaxJTI, MaxJTI: cur.MaxJTI}, nil
+	})
+	return err
+}
+
+// ErrNoGrant means the user has no stored refresh token.
+var ErrNoGrant = errors.New("no stored grant for this user")
