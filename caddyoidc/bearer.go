@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -51,6 +52,8 @@ func (o *OIDC) verifyBearer(ctx context.Context, p *provider, tok string) (*iden
 		id, exp, err = o.verifyJWTAccessToken(ctx, p, tok)
 	} else if o.Introspection {
 		id, exp, err = o.introspect(ctx, p, tok)
+	} else if o.TokeninfoEndpoint != "" {
+		id, exp, err = o.tokeninfo(ctx, p, tok)
 	} else {
 		err = errOpaqueToken
 	}
@@ -153,5 +156,56 @@ func (o *OIDC) introspect(ctx context.Context, p *provider, tok string) (*identi
 	}
 	id := newIdentity(claims, o.RolesClaim, nil)
 	id.Source = "introspection"
+	return id, exp, nil
+}
+
+// tokeninfo checks an opaque token at a Google-style tokeninfo endpoint:
+// the token's aud or azp must be this client, exp in the future.
+func (o *OIDC) tokeninfo(ctx context.Context, p *provider, tok string) (*identity, time.Time, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, o.TokeninfoEndpoint,
+		strings.NewReader(url.Values{"access_token": {tok}}.Encode()))
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := o.rt.httpClient.Do(req)
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("%w: tokeninfo: %v", errIdPUnavailable, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 500 {
+		return nil, time.Time{}, fmt.Errorf("%w: tokeninfo status %d", errIdPUnavailable, resp.StatusCode)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, time.Time{}, fmt.Errorf("tokeninfo status %d", resp.StatusCode)
+	}
+	var info map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&info); err != nil {
+		return nil, time.Time{}, fmt.Errorf("tokeninfo: %v", err)
+	}
+	aud, _ := info["aud"].(string)
+	azp, _ := info["azp"].(string)
+	if aud != o.rt.clientID && azp != o.rt.clientID {
+		return nil, time.Time{}, errors.New("token issued to another client")
+	}
+	var exp time.Time
+	switch e := info["exp"].(type) { // Google answers numbers as strings
+	case string:
+		n, _ := strconv.ParseInt(e, 10, 64)
+		exp = time.Unix(n, 0)
+	case float64:
+		exp = time.Unix(int64(e), 0)
+	}
+	if !time.Now().Before(exp) {
+		return nil, time.Time{}, errors.New("token expired or without exp")
+	}
+	if s, _ := info["sub"].(string); s == "" {
+		return nil, time.Time{}, errors.New("tokeninfo gave no sub")
+	}
+	if _, ok := info["iss"]; !ok {
+		info["iss"] = p.meta.Issuer
+	}
+	id := newIdentity(info, o.RolesClaim, nil)
+	id.Source = "tokeninfo"
 	return id, exp, nil
 }

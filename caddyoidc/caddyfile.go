@@ -7,6 +7,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-oidc/caddy-oidc/azatauth"
 )
 
 func init() {
@@ -51,6 +53,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		idp_timeout      <duration>
 //		userinfo         on|off
 //		strip_cookies    on|off
+//		tokeninfo        <url>
+//		azat {
+//			...          see azatauth.Config.UnmarshalCaddyfile
+//		}
 //	}
 func (o *OIDC) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -194,6 +200,14 @@ func (o *OIDC) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			o.UserinfoFetch, err = onOff()
 		case "strip_cookies":
 			o.StripCookies, err = onOff()
+		case "tokeninfo":
+			err = one(&o.TokeninfoEndpoint)
+		case "azat":
+			if len(args) != 0 {
+				return d.ArgErr()
+			}
+			o.AZAT = new(azatauth.Config)
+			err = o.AZAT.UnmarshalCaddyfile(d)
 		default:
 			return d.Errf("unrecognized oidc subdirective %q", name)
 		}

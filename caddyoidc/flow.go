@@ -211,11 +211,19 @@ func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider
 	if !tok.Expiry.IsZero() {
 		s.Expiry = tok.Expiry.Unix()
 	}
+	if o.azat != nil && s.RefreshToken != "" {
+		if err := o.storeGrant(r.Context(), s); err != nil {
+			o.callbackError(w, r, http.StatusServiceUnavailable, "the login could not be saved", err)
+			return
+		}
+		// One refresh token per user: the session refreshes through the grant.
+		s.GrantKey, s.RefreshToken = grantKey(s.Identity), ""
+	}
 	if err := o.saveSession(w, r, s); err != nil {
 		o.callbackError(w, r, http.StatusServiceUnavailable, "the session could not be saved", err)
 		return
 	}
-	o.logger.Info("login", zap.String("sub", s.Identity.Subject), zap.Bool("refresh_token", s.RefreshToken != ""))
+	o.logger.Info("login", zap.String("sub", s.Identity.Subject), zap.Bool("refreshable", s.refreshable()))
 	w.Header().Set("Cache-Control", "no-store")
 	http.Redirect(w, r, f.Back, http.StatusFound)
 }

@@ -8,12 +8,18 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+
+	"github.com/caddy-oidc/caddy-oidc/azatauth"
 )
 
 // ServeHTTP serves the handler's routes and authenticates everything else.
 func (o *OIDC) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if route, ok := strings.CutPrefix(r.URL.Path, o.Routes+"/"); ok {
 		return o.serveRoute(w, r, route, next)
+	}
+	if o.azat != nil && o.azat.JWKSPath() != "" && r.URL.Path == o.azat.JWKSPath() {
+		o.azat.ServeJWKS(w, r)
+		return nil
 	}
 	removeIdentityHeaders(r, o.ClaimHeaders)
 
@@ -52,6 +58,9 @@ func (o *OIDC) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 // answered the request.
 func (o *OIDC) authenticate(w http.ResponseWriter, r *http.Request, p *provider) (*identity, upstreamTokens, bool) {
 	if tok, ok := bearerToken(r); ok {
+		if o.isAZAT(r, tok) {
+			return o.authenticateAZAT(w, r, p, tok)
+		}
 		id, err := o.verifyBearer(r.Context(), p, tok)
 		if err != nil {
 			if errors.Is(err, errIdPUnavailable) {
@@ -77,8 +86,8 @@ func (o *OIDC) authenticate(w http.ResponseWriter, r *http.Request, p *provider)
 	}
 	now := time.Now()
 	s.dropInvalid(now)
-	if s.RefreshToken != "" && s.needsRefresh(now, time.Duration(o.RefreshBefore)) {
-		ns, err := o.refresh(r.Context(), p, s)
+	if s.refreshable() && s.needsRefresh(now, time.Duration(o.RefreshBefore)) {
+		ns, err := o.refresh(r.Context(), p, s, false)
 		switch {
 		case err == nil:
 			if err := o.saveSession(w, r, ns); err != nil {
@@ -102,7 +111,28 @@ func (o *OIDC) authenticate(w http.ResponseWriter, r *http.Request, p *provider)
 		return nil, upstreamTokens{}, true
 	}
 	s.Identity.Source = "session"
+	s.Identity.GrantKey = s.GrantKey
 	return s.Identity, upstreamTokens{access: s.AccessToken, id: s.IDToken}, true
+}
+
+// authenticateAZAT verifies an AZAT bearer token.
+func (o *OIDC) authenticateAZAT(w http.ResponseWriter, r *http.Request, p *provider, tok string) (*identity, upstreamTokens, bool) {
+	id, up, err := o.verifyAZAT(r.Context(), r, p, tok)
+	switch {
+	case err == nil:
+		return id, up, true
+	case errors.Is(err, errIdPUnavailable), errors.Is(err, azatauth.ErrStore):
+		o.logger.Warn("azat: provider or grant store unavailable", errField(err))
+		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable",
+			"the identity provider is unavailable; your token is kept, retry shortly")
+	case errors.Is(err, azatauth.ErrNoGrant):
+		o.logger.Info("azat rejected: grant gone", zap.String("remote", r.RemoteAddr))
+		o.writeError(w, r, http.StatusUnauthorized, "invalid_token", "the login behind this token has ended; log in again and get a new token")
+	default:
+		o.logger.Info("azat rejected", errField(err), zap.String("remote", r.RemoteAddr))
+		o.writeError(w, r, http.StatusUnauthorized, "invalid_token", "the access token is invalid")
+	}
+	return nil, upstreamTokens{}, false
 }
 
 // stripOwnCookies removes this handler's cookies from the upstream request

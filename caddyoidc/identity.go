@@ -21,6 +21,8 @@ type identity struct {
 	Source string `json:"-"`
 	// ClientID is the OAuth client a bearer token was issued to, if known.
 	ClientID string `json:"-"`
+	// GrantKey is the user's AZAT grant key, when known.
+	GrantKey string `json:"-"`
 }
 
 // newIdentity builds an identity from verified claims. rolesPath locates the

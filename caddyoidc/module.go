@@ -22,6 +22,8 @@ import (
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/caddy-oidc/caddy-oidc/azatauth"
 )
 
 func init() {
@@ -169,6 +171,19 @@ type OIDC struct {
 	// upstream. Default: true.
 	StripCookies *bool `json:"strip_cookies,omitempty"`
 
+	// TokeninfoEndpoint verifies opaque bearer tokens of providers without
+	// RFC 7662 introspection (Google: https://oauth2.googleapis.com/tokeninfo).
+	// The token's `aud` or `azp` must equal the client ID.
+	TokeninfoEndpoint string `json:"tokeninfo_endpoint,omitempty"`
+
+	// AZAT enables long-lived access tokens minted by this proxy (see the
+	// azatauth package): `<routes>/token` mints one for the logged-in user,
+	// `<routes>/revoke` ends all of them, and an AZAT presented as a bearer
+	// token is verified offline and swapped for a fresh provider access
+	// token upstream. Users need a refresh token (offline access).
+	AZAT *azatauth.Config `json:"azat,omitempty"`
+
+	azat    *azatauth.Service
 	rt      *runtime
 	logger  *zap.Logger
 	storage certmagic.Storage
@@ -291,6 +306,11 @@ func (o *OIDC) Provision(ctx caddy.Context) error {
 	rt.usedStates = newExpirySet(10000)
 	rt.introspected = newTokenCache(10000)
 	o.rt = rt
+	if o.AZAT != nil {
+		if o.azat, err = o.AZAT.Provision(ctx, o.logger.Named("azat"), o.storage, rt.httpClient); err != nil {
+			return err
+		}
+	}
 
 	dctx, cancel := context.WithCancel(ctx)
 	o.cancel = cancel
@@ -344,6 +364,11 @@ func (o *OIDC) Validate() error {
 	for k := range o.AuthParams {
 		if reservedAuthParams[k] {
 			return fmt.Errorf("oidc: auth_param %q is set by the protocol and cannot be configured", k)
+		}
+	}
+	if o.AZAT != nil {
+		if err := o.AZAT.Validate(); err != nil {
+			return fmt.Errorf("oidc: %v", err)
 		}
 	}
 	for _, r := range o.RequireClaims {

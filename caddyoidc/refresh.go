@@ -32,7 +32,10 @@ func refreshKey(s *session) string {
 // session share one provider call (singleflight); with the session store,
 // instances sharing storage serialize on a storage lock and re-read the
 // record, so a refresh another instance just made is reused.
-func (o *OIDC) refresh(ctx context.Context, p *provider, s *session) (*session, error) {
+func (o *OIDC) refresh(ctx context.Context, p *provider, s *session, force bool) (*session, error) {
+	if s.GrantKey != "" && o.azat != nil {
+		return o.sessionFromGrant(ctx, p, s, force)
+	}
 	if s.RefreshToken == "" {
 		return nil, errNoRefreshToken
 	}

@@ -31,6 +31,10 @@ func (o *OIDC) serveRoute(w http.ResponseWriter, r *http.Request, route string, 
 		o.serveLogout(w, r, p)
 	case "userinfo":
 		o.serveUserinfo(w, r, p)
+	case "token":
+		o.serveToken(w, r, p)
+	case "revoke":
+		o.serveRevoke(w, r, p)
 	default:
 		o.writeError(w, r, http.StatusNotFound, "not_found", "no such route")
 	}
@@ -54,7 +58,7 @@ func (o *OIDC) serveRefresh(w http.ResponseWriter, r *http.Request, p *provider)
 		o.writeError(w, r, http.StatusUnauthorized, "unauthorized", "no session")
 		return
 	}
-	ns, err := o.refresh(r.Context(), p, s)
+	ns, err := o.refresh(r.Context(), p, s, true)
 	switch {
 	case errors.Is(err, errIdPUnavailable):
 		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "the identity provider is unavailable")

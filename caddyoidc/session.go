@@ -21,7 +21,14 @@ type session struct {
 	Expiry       int64     `json:"exp,omitempty"` // access token expiry, unix seconds; 0: unknown
 	Created      int64     `json:"iat"`           // login time, unix seconds
 	Identity     *identity `json:"id"`
+	// GrantKey, when set, means the refresh token lives in the AZAT grant
+	// store (one refresh token per user, shared by sessions and AZATs) and
+	// refreshes go through the grant.
+	GrantKey string `json:"gk,omitempty"`
 }
+
+// refreshable tells whether the session can get new tokens.
+func (s *session) refreshable() bool { return s.RefreshToken != "" || s.GrantKey != "" }
 
 func (s *session) expiry() time.Time {
 	if s.Expiry == 0 {

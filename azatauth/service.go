@@ -1,0 +1,189 @@
+package azatauth
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/lestrrat-go/jwx/v2/jwk"
+)
+
+// Issuer returns the iss (and default aud) for a request's origin.
+func (s *Service) Issuer(origin string) string {
+	if s.issuer != "" {
+		return s.issuer
+	}
+	return origin
+}
+
+// Audience returns the aud for a request's origin.
+func (s *Service) Audience(origin string) string {
+	if s.audience != "" {
+		return s.audience
+	}
+	return s.Issuer(origin)
+}
+
+// Grants returns the grant store.
+func (s *Service) Grants() *GrantStore { return s.grants }
+
+// Lifetime is the lifetime of minted tokens.
+func (s *Service) Lifetime() time.Duration { return time.Duration(s.cfg.Lifetime) }
+
+// FallbackToAccessToken tells whether users without a grant get their
+// provider access token from the token route.
+func (s *Service) FallbackToAccessToken() bool { return s.cfg.Fallback == "access_token" }
+
+// JWKSPath is the path of the JWKS route, or "" when not published.
+func (s *Service) JWKSPath() string {
+	if s.cfg.JWKSPath == "off" {
+		return ""
+	}
+	return s.cfg.JWKSPath
+}
+
+// CanMint tells whether this site mints (not verify-only).
+func (s *Service) CanMint() bool { return !s.cfg.VerifyOnly }
+
+// Minted is a freshly minted token.
+type Minted struct {
+	Token     string `json:"token"`
+	TokenType string `json:"token_type"`
+	ExpiresIn int64  `json:"expires_in"`
+	ExpiresAt int64  `json:"expires_at"`
+}
+
+// Mint reserves a jti for the user's grant and signs a token for it. The
+// token is verified before it is returned.
+func (s *Service) Mint(ctx context.Context, grantKey, origin string) (*Minted, error) {
+	if s.cfg.VerifyOnly || s.signer == nil {
+		return nil, errors.New("this site does not mint AZATs")
+	}
+	if !s.ready.Load() {
+		return nil, ErrKeyUnavailable
+	}
+	jti, _, err := s.grants.NextJTI(ctx, grantKey)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	exp := now.Add(s.Lifetime())
+	c := &Claims{
+		Issuer: s.Issuer(origin), Audience: audience{s.Audience(origin)}, Subject: grantKey,
+		IssuedAt: now.Unix(), NotBefore: now.Unix(), Expiry: exp.Unix(), ID: strconv.FormatUint(jti, 10),
+	}
+	tok, err := Mint(ctx, s.signer, c)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := Verify(tok, s.keyring.Lookup, Expectations{Issuer: c.Issuer, Audience: c.Audience[0], Now: now}); err != nil {
+		return nil, fmt.Errorf("minted token does not verify (signer misconfigured?): %w", err)
+	}
+	return &Minted{Token: tok, TokenType: "Bearer", ExpiresIn: int64(s.Lifetime().Seconds()), ExpiresAt: exp.Unix()}, nil
+}
+
+// ErrRevoked means the token's jti is outside its grant's window.
+var ErrRevoked = errors.New("token revoked")
+
+// Verify checks an AZAT offline (signature with a cached key, claims) and
+// against its grant (revocation window). Verified tokens are cached by
+// SHA-256 until their expiry, so repeated use skips the signature math.
+func (s *Service) Verify(ctx context.Context, token, origin string) (*Claims, *Grant, error) {
+	if len(token) > MaxTokenSize {
+		return nil, nil, ErrTooLarge
+	}
+	h := sha256.Sum256([]byte(token))
+	now := time.Now()
+	c, ok := s.verified.get(h, now)
+	if !ok {
+		var err error
+		c, err = Verify(token, func(kid string) jwk.Key { return s.keyring.LookupOrReload(ctx, kid) },
+			Expectations{Issuer: s.Issuer(origin), Audience: s.Audience(origin), Now: now})
+		if err != nil {
+			return nil, nil, err
+		}
+		s.verified.put(h, c)
+	}
+	jti, _ := c.JTI()
+	g, err := s.grants.Load(ctx, c.Subject)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrStore, err)
+	}
+	if !g.JTIValid(jti) {
+		return nil, nil, ErrRevoked
+	}
+	if !g.Usable() {
+		return nil, nil, ErrNoGrant
+	}
+	return c, g, nil
+}
+
+// ErrStore means the grant store failed (not the token).
+var ErrStore = errors.New("grant store unavailable")
+
+// ServeJWKS answers the public keys: the current one and those that may have
+// signed tokens still valid.
+func (s *Service) ServeJWKS(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	current := ""
+	if s.signer != nil {
+		if k, err := s.signer.PublicKey(); err == nil {
+			current = k.KeyID()
+		}
+	}
+	b, _ := json.Marshal(s.keyring.JWKS(current, s.Lifetime()+time.Hour))
+	w.Header().Set("Content-Type", "application/jwk-set+json")
+	w.Header().Set("Cache-Control", "public, max-age=300")
+	_, _ = w.Write(b)
+}
+
+// verifiedCache maps token hashes to verified claims until expiry.
+type verifiedCache struct {
+	mu  sync.RWMutex
+	max int
+	m   map[[32]byte]*Claims
+}
+
+func newVerifiedCache(max int) *verifiedCache {
+	return &verifiedCache{max: max, m: make(map[[32]byte]*Claims)}
+}
+
+func (c *verifiedCache) get(h [32]byte, now time.Time) (*Claims, bool) {
+	c.mu.RLock()
+	cl, ok := c.m[h]
+	c.mu.RUnlock()
+	if !ok || now.Unix() >= cl.Expiry {
+		return nil, false
+	}
+	return cl, true
+}
+
+func (c *verifiedCache) put(h [32]byte, cl *Claims) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= c.max {
+		now := time.Now().Unix()
+		for k, v := range c.m {
+			if now >= v.Expiry {
+				delete(c.m, k)
+			}
+		}
+		for k := range c.m {
+			if len(c.m) < c.max*3/4 {
+				break
+			}
+			delete(c.m, k)
+		}
+	}
+	c.m[h] = cl
+}

@@ -1,0 +1,229 @@
+package caddyoidc
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-oidc/caddy-oidc/azatauth"
+)
+
+// grantKey is the key of a user's grant and the sub of their AZATs.
+func grantKey(id *identity) string { return id.Issuer + "#" + id.Subject }
+
+// isAZAT tells whether a bearer token claims to be one of our AZATs (its
+// unverified iss is ours); it is then verified as an AZAT and nothing else.
+func (o *OIDC) isAZAT(r *http.Request, tok string) bool {
+	return o.azat != nil && azatauth.PeekIssuer(tok) == o.azat.Issuer(origin(r))
+}
+
+// verifyAZAT verifies an AZAT and returns the identity and the provider
+// tokens to send upstream, refreshing them first when they are stale.
+func (o *OIDC) verifyAZAT(ctx context.Context, r *http.Request, p *provider, tok string) (*identity, upstreamTokens, error) {
+	claims, g, err := o.azat.Verify(ctx, tok, origin(r))
+	if err != nil {
+		return nil, upstreamTokens{}, err
+	}
+	now := time.Now()
+	if g.NeedsRefresh(now, time.Duration(o.RefreshBefore)) {
+		ng, err := o.refreshGrant(ctx, p, claims.Subject, false)
+		switch {
+		case err == nil:
+			g = ng
+		case errors.Is(err, errGrantGone):
+			return nil, upstreamTokens{}, azatauth.ErrNoGrant
+		default:
+			if g.AccessToken == "" || (g.Expiry != 0 && now.Unix() >= g.Expiry) {
+				return nil, upstreamTokens{}, errIdPUnavailable
+			}
+		}
+	}
+	id := newIdentity(g.Claims, o.RolesClaim, unverifiedClaims(g.AccessToken))
+	id.Source = "azat"
+	id.GrantKey = claims.Subject
+	return id, upstreamTokens{access: g.AccessToken, id: g.IDToken}, nil
+}
+
+// refreshGrant refreshes the provider tokens of a grant: one provider call
+// per grant however many requests arrive (singleflight in this process, the
+// grant's storage lock across instances, and a re-read of the grant once the
+// lock is held, since another instance may just have refreshed it).
+func (o *OIDC) refreshGrant(ctx context.Context, p *provider, key string, force bool) (*azatauth.Grant, error) {
+	ch := o.rt.refreshes.DoChan("grant\x00"+key, func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Duration(o.IdPTimeout)+5*time.Second)
+		defer cancel()
+		var (
+			out  *azatauth.Grant
+			gone bool
+		)
+		_, err := o.azat.Grants().Update(ctx, key, func(cur *azatauth.Grant) (*azatauth.Grant, error) {
+			if !cur.Usable() {
+				gone = true
+				return nil, nil
+			}
+			if !force && !cur.NeedsRefresh(time.Now(), time.Duration(o.RefreshBefore)) {
+				out = cur
+				return nil, nil // another request or instance refreshed it
+			}
+			ns, err := o.refreshAtIdP(ctx, p, grantSession(cur))
+			if errors.Is(err, errGrantGone) {
+				gone = true
+				return &azatauth.Grant{Key: key, MinJTI: cur.MaxJTI, MaxJTI: cur.MaxJTI}, nil
+			}
+			if err != nil {
+				return nil, err
+			}
+			cur.AccessToken, cur.TokenType, cur.Expiry = ns.AccessToken, ns.TokenType, ns.Expiry
+			cur.RefreshToken, cur.IDToken, cur.Claims = ns.RefreshToken, ns.IDToken, ns.Identity.Claims
+			out = cur
+			return cur, nil
+		})
+		if err != nil {
+			if !errors.Is(err, errIdPUnavailable) {
+				o.logger.Error("grant store failed during refresh", errField(err))
+			}
+			return nil, errIdPUnavailable
+		}
+		if gone {
+			return nil, errGrantGone
+		}
+		return out, nil
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		return res.Val.(*azatauth.Grant), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// grantSession views a grant as a session for refreshAtIdP.
+func grantSession(g *azatauth.Grant) *session {
+	id := &identity{Claims: g.Claims}
+	id.Issuer, _ = g.Claims["iss"].(string)
+	id.Subject, _ = g.Claims["sub"].(string)
+	return &session{ID: g.Key, AccessToken: g.AccessToken, TokenType: g.TokenType, RefreshToken: g.RefreshToken,
+		IDToken: g.IDToken, Expiry: g.Expiry, Identity: id}
+}
+
+// storeGrant keeps a login's refresh token as the user's grant.
+func (o *OIDC) storeGrant(ctx context.Context, s *session) error {
+	return o.azat.Grants().Put(ctx, &azatauth.Grant{
+		Key: grantKey(s.Identity), AccessToken: s.AccessToken, TokenType: s.TokenType, Expiry: s.Expiry,
+		RefreshToken: s.RefreshToken, IDToken: s.IDToken, Claims: s.Identity.Claims,
+	})
+}
+
+// sessionFromGrant refreshes a grant-backed session through its grant.
+func (o *OIDC) sessionFromGrant(ctx context.Context, p *provider, s *session, force bool) (*session, error) {
+	g, err := o.refreshGrant(ctx, p, s.GrantKey, force)
+	if err != nil {
+		return nil, err
+	}
+	ns := *s
+	ns.AccessToken, ns.TokenType, ns.Expiry, ns.IDToken = g.AccessToken, g.TokenType, g.Expiry, g.IDToken
+	ns.Identity = newIdentity(g.Claims, o.RolesClaim, unverifiedClaims(g.AccessToken))
+	return &ns, nil
+}
+
+// serveToken mints an AZAT for the caller (session or provider bearer
+// token; an AZAT cannot be exchanged for another).
+func (o *OIDC) serveToken(w http.ResponseWriter, r *http.Request, p *provider) {
+	if r.Method != http.MethodGet && r.Method != http.MethodPost {
+		w.Header().Set("Allow", "GET, POST")
+		o.writeError(w, r, http.StatusMethodNotAllowed, "invalid_request", "token takes GET")
+		return
+	}
+	if o.azat == nil || !o.azat.CanMint() {
+		o.writeError(w, r, http.StatusNotFound, "not_found", "this site does not mint tokens")
+		return
+	}
+	if tok, ok := bearerToken(r); ok && o.isAZAT(r, tok) {
+		o.writeError(w, r, http.StatusBadRequest, "invalid_request", "an AZAT cannot be exchanged for another; use your provider login")
+		return
+	}
+	id, tok, ok := o.authenticate(w, r, p)
+	if !ok {
+		return
+	}
+	if id == nil {
+		o.unauthenticated(w, r, "unauthorized", "log in first")
+		return
+	}
+	key := id.GrantKey
+	if key == "" {
+		key = grantKey(id)
+	}
+	m, err := o.azat.Mint(r.Context(), key, origin(r))
+	switch {
+	case err == nil:
+		o.logger.Info("azat minted", zap.String("sub", key), zap.Int64("expires_at", m.ExpiresAt))
+		writeJSON(w, http.StatusOK, m)
+	case errors.Is(err, azatauth.ErrNoGrant):
+		if o.azat.FallbackToAccessToken() {
+			exp := int64(0)
+			if c := unverifiedClaims(tok.access); c != nil {
+				if e, ok := c["exp"].(float64); ok {
+					exp = int64(e)
+				}
+			}
+			body := map[string]any{"token": tok.access, "token_type": "Bearer", "expires_at": exp}
+			if exp != 0 {
+				body["expires_in"] = max(0, exp-time.Now().Unix())
+			}
+			writeJSON(w, http.StatusOK, body)
+			return
+		}
+		writeJSON(w, http.StatusConflict, oauthError{Error: "no_grant",
+			ErrorDescription: "no refresh token is stored for you: log in again at " + o.Routes +
+				"/login with offline access (scope offline_access, or the provider's equivalent), then ask again"})
+	case errors.Is(err, azatauth.ErrKeyUnavailable):
+		o.logger.Warn("azat mint: signing key unavailable", errField(err))
+		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "the signing key is not available yet")
+	default:
+		o.logger.Error("azat mint failed", errField(err))
+		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "could not mint a token")
+	}
+}
+
+// serveRevoke ends every AZAT of the caller, on every instance.
+func (o *OIDC) serveRevoke(w http.ResponseWriter, r *http.Request, p *provider) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		o.writeError(w, r, http.StatusMethodNotAllowed, "invalid_request", "revoke takes POST")
+		return
+	}
+	if o.azat == nil {
+		o.writeError(w, r, http.StatusNotFound, "not_found", "this site has no tokens to revoke")
+		return
+	}
+	if !sameOrigin(r) {
+		o.writeError(w, r, http.StatusForbidden, "invalid_request", "cross-site revocation refused")
+		return
+	}
+	id, _, ok := o.authenticate(w, r, p)
+	if !ok {
+		return
+	}
+	if id == nil {
+		o.writeError(w, r, http.StatusUnauthorized, "unauthorized", "log in first")
+		return
+	}
+	key := id.GrantKey
+	if key == "" {
+		key = grantKey(id)
+	}
+	if err := o.azat.Grants().Revoke(r.Context(), key); err != nil {
+		o.logger.Error("azat revoke failed", errField(err))
+		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "could not revoke")
+		return
+	}
+	o.logger.Info("azats revoked", zap.String("sub", key))
+	writeJSON(w, http.StatusOK, map[string]any{"revoked": true})
+}
