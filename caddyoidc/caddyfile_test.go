@@ -2,6 +2,8 @@ package caddyoidc
 
 import (
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -144,5 +146,26 @@ func TestAdaptNeedsNoOrder(t *testing.T) {
 	}
 	if strings.Index(s, `"handler":"oidc"`) > strings.Index(s, `"handler":"reverse_proxy"`) {
 		t.Fatal("oidc is not ordered before reverse_proxy")
+	}
+}
+
+// TestExampleCaddyfilesAdapt adapts Caddyfile.example and every example's
+// Caddyfile (.ci/run also runs `caddy adapt --validate` on them).
+func TestExampleCaddyfilesAdapt(t *testing.T) {
+	files, _ := filepath.Glob("../examples/*/Caddyfile")
+	files = append(files, "../Caddyfile.example")
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt(b, map[string]any{"filename": f})
+		if err != nil {
+			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		if !strings.Contains(string(out), `"handler":"oidc"`) {
+			t.Errorf("%s: no oidc handler in %s", f, out)
+		}
 	}
 }
