@@ -80,7 +80,7 @@ func (o *OIDC) verifyJWTAccessToken(ctx context.Context, p *provider, tok string
 	if !audienceMatches(claims["aud"], o.rt.audience) {
 		return nil, time.Time{}, fmt.Errorf("token audience %v is not this API", claims["aud"])
 	}
-	if _, ok := claims["nonce"]; ok {
+	if isIDToken(claims) {
 		return nil, time.Time{}, errors.New("an ID token is not an access token")
 	}
 	if t.Subject == "" {
@@ -208,4 +208,16 @@ func (o *OIDC) tokeninfo(ctx context.Context, p *provider, tok string) (*identit
 	id := newIdentity(info, o.RolesClaim, nil)
 	id.Source = "tokeninfo"
 	return id, exp, nil
+}
+
+// isIDToken recognises an ID token presented as an access token by the
+// claims only ID tokens carry (OpenID Connect Core 1.0 §2, §3.1.3.6,
+// §3.3.2.11), or Keycloak's typ claim "ID".
+func isIDToken(claims map[string]any) bool {
+	for _, k := range []string{"nonce", "at_hash", "c_hash"} {
+		if _, ok := claims[k]; ok {
+			return true
+		}
+	}
+	return claims["typ"] == "ID"
 }

@@ -34,11 +34,16 @@ func oidcBlock(op *testop.OP, extra ...string) string {
 // path, and returns the response of the final redirect target.
 func login(t *testing.T, c *http.Client, op *testop.OP, site, path string) *http.Response {
 	t.Helper()
-	resp := get(t, c, site+path, navigate...)
-	if resp.StatusCode != http.StatusFound {
-		t.Fatalf("unauthenticated navigation: status %d, want 302", resp.StatusCode)
+	var loginURL *url.URL
+	if strings.HasPrefix(path, "/auth/login") {
+		loginURL, _ = url.Parse(site + path)
+	} else {
+		resp := get(t, c, site+path, navigate...)
+		if resp.StatusCode != http.StatusFound {
+			t.Fatalf("unauthenticated navigation: status %d, want 302", resp.StatusCode)
+		}
+		loginURL, _ = resp.Location()
 	}
-	loginURL, _ := resp.Location()
 	if !strings.HasPrefix(loginURL.Path, "/auth/login") {
 		t.Fatalf("redirected to %s, want /auth/login", loginURL)
 	}
@@ -46,7 +51,7 @@ func login(t *testing.T, c *http.Client, op *testop.OP, site, path string) *http
 	if err != nil {
 		t.Fatalf("login at the OP: %v", err)
 	}
-	resp = get(t, c, cb, navigate...)
+	resp := get(t, c, cb, navigate...)
 	if resp.StatusCode != http.StatusFound {
 		t.Fatalf("callback: status %d: %s", resp.StatusCode, body(t, resp))
 	}
