@@ -48,7 +48,7 @@ func writePage(w http.ResponseWriter, status int, title, reason, login string) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'")
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; form-action 'none'")
 	w.WriteHeader(status)
 	_ = errorPageTmpl.Execute(w, struct{ Title, Reason, Login string }{title, reason, login})
 }

@@ -148,7 +148,13 @@ func (o *OIDC) serveLogout(w http.ResponseWriter, r *http.Request, p *provider) 
 	case http.MethodGet, http.MethodHead:
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
-		w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'")
+		// form-action would also apply to the redirect to the provider's
+		// end_session_endpoint, so it names that origin too.
+		csp := "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; form-action 'self'"
+		if u, err := url.Parse(p.meta.EndSessionEndpoint); err == nil && u.Host != "" {
+			csp += " " + u.Scheme + "://" + u.Host
+		}
+		w.Header().Set("Content-Security-Policy", csp)
 		_ = logoutPage.Execute(w, o.Routes+"/logout")
 		return
 	case http.MethodPost:

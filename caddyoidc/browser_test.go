@@ -1,0 +1,121 @@
+package caddyoidc_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/testop"
+)
+
+// chromiumPath finds Debian's chromium. Under CI (or with
+// CADDY_OIDC_REQUIRE_BROWSER=1) a missing browser fails the test.
+func chromiumPath(t *testing.T) string {
+	for _, p := range []string{os.Getenv("CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser"} {
+		if p == "" {
+			continue
+		}
+		if _, err := exec.LookPath(p); err == nil {
+			return p
+		}
+	}
+	if requireBrowser() {
+		t.Fatal("chromium is required (apt-get install -y chromium) but was not found")
+	}
+	t.Skip("chromium not installed; set CADDY_OIDC_REQUIRE_BROWSER=1 to make this a failure")
+	return ""
+}
+
+// headless starts Debian's chromium with the flags this sandbox needs.
+func headless(t *testing.T) context.Context {
+	dir, err := os.MkdirTemp("", "caddy-oidc-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromiumPath(t)),
+		chromedp.Flag("headless", true),
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-quic", true),
+		chromedp.NoFirstRun,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(dir),
+	)
+	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelC := chromedp.NewContext(actx)
+	ctx, cancelT := context.WithTimeout(ctx, 60*time.Second)
+	t.Cleanup(func() {
+		cancelT()
+		cancelC()
+		cancelA()
+		_ = os.RemoveAll(dir) // chromium may still be writing: best effort
+	})
+	return ctx
+}
+
+// TestBrowserLogin logs in through the OP's login form in headless Chromium,
+// reads the upstream page, then logs out with the logout page's button.
+func TestBrowserLogin(t *testing.T) {
+	ctx := headless(t)
+	op := startOP(t, testop.Options{})
+	up := newUpstream(t)
+	site := startCaddy(t, oidcBlock(op), up, "")
+
+	var text, loc string
+	err := chromedp.Run(ctx,
+		chromedp.Navigate(site.URL+"/app/report?id=7"),
+		chromedp.WaitVisible(`#password`, chromedp.ByID),
+		chromedp.SetValue(`#username`, testop.Username, chromedp.ByID),
+		chromedp.SetValue(`#password`, testop.Password, chromedp.ByID),
+		chromedp.Click(`button[type=submit]`, chromedp.ByQuery),
+		chromedp.WaitVisible(`body`, chromedp.ByQuery),
+		chromedp.Poll(`document.location.href.includes("/app/report")`, nil),
+		chromedp.Text(`body`, &text, chromedp.ByQuery),
+		chromedp.Location(&loc),
+	)
+	if err != nil {
+		t.Fatalf("browser login: %v", err)
+	}
+	if !strings.Contains(text, `"user":"id1"`) || !strings.Contains(text, `/app/report?id=7`) {
+		t.Fatalf("upstream page after login at %s: %q", loc, text)
+	}
+	if up.header().Get("X-Auth-Request-Email") != "test-user@zitadel.ch" {
+		t.Fatalf("upstream email %q", up.header().Get("X-Auth-Request-Email"))
+	}
+
+	// The session cookie is HttpOnly: page scripts cannot read it.
+	var cookies string
+	if err := chromedp.Run(ctx, chromedp.Evaluate(`document.cookie`, &cookies)); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(cookies, "caddy_oidc") {
+		t.Fatalf("session cookie readable by JavaScript: %q", cookies)
+	}
+
+	// Logout: the GET page has a button; the POST ends the session at the
+	// provider, which sends the browser back; the next visit asks for login.
+	err = chromedp.Run(ctx,
+		chromedp.Navigate(site.URL+"/auth/logout"),
+		chromedp.WaitVisible(`button[type=submit]`, chromedp.ByQuery),
+		chromedp.Click(`button[type=submit]`, chromedp.ByQuery),
+		// logout -> provider end_session -> site / -> login -> provider form
+		chromedp.WaitVisible(`#password`, chromedp.ByID),
+		chromedp.Navigate(site.URL+"/app"),
+		chromedp.WaitVisible(`#password`, chromedp.ByID),
+		chromedp.Location(&loc),
+	)
+	if err != nil {
+		t.Fatalf("browser logout: %v", err)
+	}
+	if !strings.HasPrefix(loc, op.Issuer) {
+		t.Fatalf("after logout /app went to %s, want the provider's login", loc)
+	}
+}
