@@ -54,6 +54,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		userinfo         on|off
 //		strip_cookies    on|off
 //		tokeninfo        <url>
+//		verify_client_secret
 //		azat {
 //			...          see azatauth.Config.UnmarshalCaddyfile
 //		}
@@ -200,6 +201,8 @@ func (o *OIDC) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			o.UserinfoFetch, err = onOff()
 		case "strip_cookies":
 			o.StripCookies, err = onOff()
+		case "verify_client_secret":
+			err = flag(&o.VerifyClientSecret)
 		case "tokeninfo":
 			err = one(&o.TokeninfoEndpoint)
 		case "azat":

@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+
 	"github.com/caddy-oidc/caddy-oidc/internal/testop"
 )
 
@@ -444,5 +447,40 @@ func TestLogout(t *testing.T) {
 	}
 	if resp := get(t, c, site.URL+"/api"); resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("after logout: %d", resp.StatusCode)
+	}
+}
+
+func TestVerifyClientSecret(t *testing.T) {
+	op := startOP(t, testop.Options{})
+	up := newUpstream(t)
+	// Accepted secret: Caddy starts.
+	site := startCaddy(t, oidcBlock(op, "verify_client_secret"), up, "")
+	if resp := get(t, browser(), site.URL+"/", navigate...); resp.StatusCode != http.StatusFound {
+		t.Fatalf("with a good secret: %d", resp.StatusCode)
+	}
+	// Wrong secret: loading the config fails, naming the client, not the secret.
+	cf := `{
+	admin off
+	auto_https off
+}
+http://127.0.0.1:` + itoa(freePort(t)) + ` {
+	oidc {
+		issuer ` + op.Issuer + `
+		client_id web
+		client_secret not-the-secret-xyz
+		verify_client_secret
+	}
+	respond ok
+}`
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = caddy.Load(cfg, true)
+	if err == nil {
+		t.Fatal("config with a wrong client secret loaded")
+	}
+	if !strings.Contains(err.Error(), `client_id "web"`) || strings.Contains(err.Error(), "not-the-secret-xyz") {
+		t.Fatalf("error %q should name the client and hide the secret", err)
 	}
 }

@@ -171,6 +171,13 @@ type OIDC struct {
 	// upstream. Default: true.
 	StripCookies *bool `json:"strip_cookies,omitempty"`
 
+	// VerifyClientSecret checks the client secret at start-up by posting a
+	// bogus authorization code to the token endpoint: `invalid_grant` means
+	// the secret was accepted; `invalid_client` or `unauthorized_client`
+	// make start-up fail with an error naming the client_id (never the
+	// secret). An unreachable provider does not fail start-up.
+	VerifyClientSecret bool `json:"verify_client_secret,omitempty"`
+
 	// TokeninfoEndpoint verifies opaque bearer tokens of providers without
 	// RFC 7662 introspection (Google: https://oauth2.googleapis.com/tokeninfo).
 	// The token's `aud` or `azp` must equal the client ID.
@@ -312,10 +319,41 @@ func (o *OIDC) Provision(ctx caddy.Context) error {
 		}
 	}
 
+	if o.VerifyClientSecret && rt.clientSecret != "" {
+		if err := o.verifyClientSecret(ctx); err != nil {
+			return fmt.Errorf("oidc: %v", err)
+		}
+	}
+
 	dctx, cancel := context.WithCancel(ctx)
 	o.cancel = cancel
 	rt.disc = newDiscoverer(rt.issuer, rt.clientID, rt.httpClient, o.logger)
 	go rt.disc.run(dctx)
+	return nil
+}
+
+// verifyClientSecret runs checkClientSecret against the provider now.
+func (o *OIDC) verifyClientSecret(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, time.Duration(o.IdPTimeout))
+	defer cancel()
+	p, err := discover(cctx, o.rt.issuer, o.rt.clientID, o.rt.httpClient)
+	if err != nil {
+		o.logger.Warn("verify_client_secret: provider unreachable; not checked", errField(err))
+		return nil
+	}
+	redirect := o.rt.redirectURL
+	if redirect == "" {
+		redirect = "http://localhost" + o.Routes + "/callback"
+	}
+	ok, err := checkClientSecret(cctx, o.rt.httpClient, p.meta.TokenEndpoint, o.rt.clientID, o.rt.clientSecret, redirect)
+	if err != nil {
+		return err
+	}
+	if ok {
+		o.logger.Info("client secret accepted by the provider", zap.String("client_id", o.rt.clientID))
+	} else {
+		o.logger.Warn("verify_client_secret: inconclusive answer from the provider", zap.String("client_id", o.rt.clientID))
+	}
 	return nil
 }
 
