@@ -461,7 +461,9 @@ func TestVerifyClientSecret(t *testing.T) {
 	// Wrong secret: loading the config fails, naming the client, not the secret.
 	cf := `{
 	admin off
+	persist_config off
 	auto_https off
+	storage file_system ` + t.TempDir() + `
 }
 http://127.0.0.1:` + itoa(freePort(t)) + ` {
 	oidc {

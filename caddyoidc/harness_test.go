@@ -82,6 +82,7 @@ func startCaddy(t *testing.T, oidcBlock string, up *upstream, storageDir string)
 	port := freePort(t)
 	cf := fmt.Sprintf(`{
 	admin off
+	persist_config off
 	auto_https off
 	storage file_system %s
 	log {

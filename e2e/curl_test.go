@@ -40,7 +40,7 @@ func TestCurlManifestCommandLine(t *testing.T) {
 		"http://127.0.0.1:8080", site,
 		"127.0.0.1:8082", fmt.Sprintf("127.0.0.1:%d", upPort),
 		"http://127.0.0.1:9998", op.Issuer,
-		"client_id     demo", "client_id     web",
+		"client_id demo", "client_id web",
 		"{env.DEMO_CLIENT_SECRET}", "web-secret",
 		"azat {", "refresh_before 1s\n\t\t\tazat {",
 	).Replace(string(b))
