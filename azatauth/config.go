@@ -129,8 +129,12 @@ func (c *Config) Provision(ctx caddy.Context, logger *zap.Logger, st certmagic.S
 	} else {
 		s.keyring = NewStorageKeyring(st)
 	}
-	if err := s.keyring.Reload(ctx); err != nil {
-		logger.Warn("loading AZAT keys failed; retrying on demand", zap.Error(err))
+	if c.Trust == "" {
+		// A trusted remote JWKS is fetched on first use instead: it may be
+		// served by this very Caddy, which does not listen yet.
+		if err := s.keyring.Reload(ctx); err != nil {
+			logger.Warn("loading AZAT keys failed; retrying on demand", zap.Error(err))
+		}
 	}
 	if c.VerifyOnly {
 		return s, nil

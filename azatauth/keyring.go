@@ -110,7 +110,7 @@ func (kr *Keyring) LookupOrReload(ctx context.Context, kid string) jwk.Key {
 		return k
 	}
 	kr.mu.RLock()
-	recent := time.Since(kr.lastReload) < minKeyReload
+	recent := !kr.lastReload.IsZero() && time.Since(kr.lastReload) < minKeyReload
 	kr.mu.RUnlock()
 	if recent {
 		return nil

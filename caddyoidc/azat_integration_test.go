@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/lestrrat-go/jwx/v2/jwk"
 	"github.com/lestrrat-go/jwx/v2/jws"
 
@@ -224,5 +226,51 @@ func TestAZATAttacksThroughHandler(t *testing.T) {
 	// for an AZAT), and an AZAT never goes upstream.
 	if resp := get(t, browser(), site.URL+"/files/a", "Authorization", "Bearer "+webAccess); resp.StatusCode != 200 {
 		t.Fatalf("provider access token: %d", resp.StatusCode)
+	}
+}
+
+// TestAZATVerifyOnlySite: a second site that only verifies, with keys from
+// the first site's JWKS (`trust`) and the grant store shared by storage.
+func TestAZATVerifyOnlySite(t *testing.T) {
+	op := startOP(t, testop.Options{})
+	up := newUpstream(t)
+	id, secret := op.WebClient()
+	pa, pb := freePort(t), freePort(t)
+	a, b := "http://127.0.0.1:"+itoa(pa), "http://127.0.0.1:"+itoa(pb)
+	block := func(azat string) string {
+		return "oidc {\n\t\tissuer " + op.Issuer + "\n\t\tclient_id " + id + "\n\t\tclient_secret " + secret +
+			"\n\t\tscopes openid profile email offline_access\n\t\tazat " + azat + "\n\t}\n\treverse_proxy " +
+			strings.TrimPrefix(up.URL, "http://")
+	}
+	cf := "{\n\tadmin off\n\tpersist_config off\n\tauto_https off\n\tstorage file_system " + t.TempDir() + "\n}\n" +
+		a + " {\n\t" + block("") + "\n}\n" +
+		b + " {\n\t" + block("{\n\t\t\tverify_only\n\t\t\ttrust "+a+"/.well-known/jwks.json\n\t\t\tissuer "+a+"\n\t\t}") + "\n}\n"
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, cf)
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+
+	c := browser()
+	login(t, c, op, a, "/")
+	m := mintAZAT(t, c, a)
+	if resp := get(t, browser(), b+"/files/x", "Authorization", "Bearer "+m.Token); resp.StatusCode != 200 {
+		t.Fatalf("verify-only site: %d %s", resp.StatusCode, body(t, resp))
+	}
+	if up.header().Get("X-Auth-Request-User") != testop.UserID {
+		t.Fatal("no identity upstream")
+	}
+	// It does not mint, and a revocation at A applies at B.
+	if resp := get(t, c, b+"/auth/token", "Authorization", "Bearer "+m.Token); resp.StatusCode != http.StatusBadRequest && resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("verify-only site minted: %d", resp.StatusCode)
+	}
+	if resp := do(t, c, "POST", a+"/auth/revoke"); resp.StatusCode != 200 {
+		t.Fatalf("revoke: %d", resp.StatusCode)
+	}
+	if resp := get(t, browser(), b+"/files/x", "Authorization", "Bearer "+m.Token); resp.StatusCode != 401 {
+		t.Fatalf("revoked token at the verify-only site: %d", resp.StatusCode)
 	}
 }

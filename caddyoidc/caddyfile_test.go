@@ -44,6 +44,19 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		idp_timeout   3s
 		userinfo      off
 		strip_cookies off
+		verify_client_secret
+		tokeninfo     https://oauth2.googleapis.com/tokeninfo
+		azat {
+			lifetime 72h
+			signer   kms alias/azat region eu-west-1 endpoint http://127.0.0.1:4599
+			jwks     /keys.json
+			issuer   https://files.example.com
+			audience files
+			grant_secret {env.GRANT_SECRET}
+			fallback access_token
+			trust    https://other.example.com/.well-known/jwks.json
+			verify_only
+		}
 	}`
 	var o OIDC
 	if err := o.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input)); err != nil {
@@ -59,7 +72,11 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		`"pass_token":"id","roles_claim":["https://hasura.io/jwt/claims","x-hasura-allowed-roles"],` +
 		`"claim_headers":{"X-Hasura-User-Id":"sub"},"require_roles":[["admin","editor"],["staff"]],` +
 		`"require_claims":[{"path":"email_verified","values":["true"]}],"introspection":true,` +
-		`"introspection_endpoint":"https://idp.example.com/introspect","idp_timeout":3000000000,"userinfo_fetch":false,"strip_cookies":false}`
+		`"introspection_endpoint":"https://idp.example.com/introspect","idp_timeout":3000000000,"userinfo_fetch":false,"strip_cookies":false,"verify_client_secret":true,` +
+		`"tokeninfo_endpoint":"https://oauth2.googleapis.com/tokeninfo","azat":{"lifetime":259200000000000,"signer":"kms",` +
+		`"kms_key_id":"alias/azat","kms_region":"eu-west-1","kms_endpoint":"http://127.0.0.1:4599","jwks_path":"/keys.json",` +
+		`"issuer":"https://files.example.com","audience":"files","grant_secret":"{env.GRANT_SECRET}","fallback":"access_token",` +
+		`"trust":"https://other.example.com/.well-known/jwks.json","verify_only":true}}`
 	if string(got) != want {
 		t.Fatalf("got  %s\nwant %s", got, want)
 	}
@@ -78,6 +95,13 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		`oidc { require_claim only-path }`,
 		`oidc { require_role }`,
 		`oidc { scopes }`,
+		`oidc { azat extra }`,
+		`oidc { azat { signer hsm } }`,
+		`oidc { azat { signer kms } }`,
+		`oidc { azat { signer kms alias/x zone a } }`,
+		`oidc { azat { lifetime soon } }`,
+		`oidc { azat { unknown 1 } }`,
+		`oidc { azat { verify_only yes } }`,
 	}
 	for _, in := range tests {
 		in = strings.ReplaceAll(strings.ReplaceAll(in, "{ ", "{\n"), " }", "\n}")

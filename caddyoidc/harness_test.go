@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -151,3 +153,19 @@ func requireBrowser() bool {
 }
 
 var navigate = []string{"Accept", "text/html", "Sec-Fetch-Mode", "navigate"}
+
+// grepDir returns the first file under dir that contains s.
+func grepDir(t *testing.T, dir, s string) string {
+	t.Helper()
+	var found string
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || found != "" {
+			return nil
+		}
+		if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), s) {
+			found = p
+		}
+		return nil
+	})
+	return found
+}
