@@ -129,7 +129,7 @@ func (o *OIDC) sessionFromGrant(ctx context.Context, p *provider, s *session, fo
 	ns := *s
 	ns.AccessToken, ns.TokenType, ns.Expiry, ns.IDToken = g.AccessToken, g.TokenType, g.Expiry, g.IDToken
 	ns.Identity = newIdentity(g.Claims, o.RolesClaim, unverifiedClaims(g.AccessToken))
-	return &ns, nil
+	return ns.labelIdentity(), nil
 }
 
 // serveToken mints an AZAT for the caller (session or provider bearer

@@ -131,3 +131,51 @@ func (c *recentRefreshes) put(key string, s *session) {
 	}
 	c.m[key] = recentEntry{s: s, exp: now.Add(recentRefreshTTL)}
 }
+
+// sessionCache maps a sealed session cookie value to its decoded session, so
+// that repeat requests skip the AES-GCM and JSON work. Sessions in it are
+// shared read-only. Bounded; an entry lives until its session's end.
+type sessionCache struct {
+	mu  sync.RWMutex
+	max int
+	m   map[string]cachedSession
+}
+
+type cachedSession struct {
+	s   *session
+	exp time.Time
+}
+
+func newSessionCache(max int) *sessionCache {
+	return &sessionCache{max: max, m: make(map[string]cachedSession)}
+}
+
+func (c *sessionCache) get(raw string) *session {
+	c.mu.RLock()
+	e, ok := c.m[raw]
+	c.mu.RUnlock()
+	if !ok || time.Now().After(e.exp) {
+		return nil
+	}
+	return e.s
+}
+
+func (c *sessionCache) put(raw string, s *session, exp time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= c.max {
+		now := time.Now()
+		for k, e := range c.m {
+			if now.After(e.exp) {
+				delete(c.m, k)
+			}
+		}
+		for k := range c.m {
+			if len(c.m) < c.max*3/4 {
+				break
+			}
+			delete(c.m, k)
+		}
+	}
+	c.m[raw] = cachedSession{s: s, exp: exp}
+}

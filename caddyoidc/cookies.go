@@ -42,19 +42,43 @@ func splitChunks(value string, size int) []string {
 // chunkName is the name of chunk i of the cookie base.
 func chunkName(base string, i int) string { return base + "_" + strconv.Itoa(i) }
 
-// readChunked reassembles a chunked cookie. It returns "" when chunk 0 is
-// missing or when there are more than maxChunks chunks.
+// readChunked reassembles a chunked cookie (one pass over the request's
+// cookies). It returns "" when chunk 0 is missing, a chunk in between is
+// missing, or there are more than maxChunks chunks.
 func readChunked(r *http.Request, base string) string {
-	var b strings.Builder
-	for i := 0; ; i++ {
-		c, err := r.Cookie(chunkName(base, i))
+	var chunks [maxChunks]string
+	n, size := 0, 0
+	for _, c := range r.Cookies() {
+		rest, ok := strings.CutPrefix(c.Name, base+"_")
+		if !ok || len(rest) == 0 || len(rest) > 2 || rest[0] < '0' || rest[0] > '9' {
+			continue
+		}
+		i, err := strconv.Atoi(rest)
 		if err != nil {
-			break
+			continue
 		}
 		if i >= maxChunks {
 			return ""
 		}
-		b.WriteString(c.Value)
+		if chunks[i] == "" {
+			n++
+			size += len(c.Value)
+		}
+		chunks[i] = c.Value
+	}
+	if n == 0 || chunks[0] == "" {
+		return ""
+	}
+	if n == 1 {
+		return chunks[0]
+	}
+	var b strings.Builder
+	b.Grow(size)
+	for i := 0; i < n; i++ {
+		if chunks[i] == "" {
+			return ""
+		}
+		b.WriteString(chunks[i])
 	}
 	return b.String()
 }

@@ -84,8 +84,9 @@ func (o *OIDC) authenticate(w http.ResponseWriter, r *http.Request, p *provider)
 	if s == nil {
 		return nil, upstreamTokens{}, true
 	}
+	// Seed 002's server hook: an expired access token is never used (usable
+	// below); a token that expires within refresh_before is refreshed first.
 	now := time.Now()
-	s.dropInvalid(now)
 	if s.refreshable() && s.needsRefresh(now, time.Duration(o.RefreshBefore)) {
 		ns, err := o.refresh(r.Context(), p, s, false)
 		switch {
@@ -110,8 +111,6 @@ func (o *OIDC) authenticate(w http.ResponseWriter, r *http.Request, p *provider)
 		o.clearSession(w, r, s)
 		return nil, upstreamTokens{}, true
 	}
-	s.Identity.Source = "session"
-	s.Identity.GrantKey = s.GrantKey
 	return s.Identity, upstreamTokens{access: s.AccessToken, id: s.IDToken}, true
 }
 

@@ -312,6 +312,7 @@ func (o *OIDC) Provision(ctx caddy.Context) error {
 	rt.recent = newRecentRefreshes()
 	rt.usedStates = newExpirySet(10000)
 	rt.introspected = newTokenCache(10000)
+	rt.sessions = newSessionCache(4096)
 	o.rt = rt
 	if o.AZAT != nil {
 		if o.azat, err = o.AZAT.Provision(ctx, o.logger.Named("azat"), o.storage, rt.httpClient); err != nil {
@@ -447,6 +448,7 @@ type runtime struct {
 	recent           *recentRefreshes
 	usedStates       *expirySet
 	introspected     *tokenCache
+	sessions         *sessionCache
 	mu               sync.Mutex
 }
 

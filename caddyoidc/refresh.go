@@ -160,7 +160,10 @@ func (o *OIDC) refreshAtIdP(ctx context.Context, p *provider, s *session) (*sess
 		id := *s.Identity
 		id.Roles = roles
 		ns.Identity = &id
+	} else {
+		id := *s.Identity // never share the old session's identity
+		ns.Identity = &id
 	}
 	o.logger.Debug("refreshed", zap.String("sub", s.Identity.Subject), zap.Duration("took", time.Since(start)))
-	return &ns, nil
+	return ns.labelIdentity(), nil
 }

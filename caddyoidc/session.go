@@ -54,12 +54,15 @@ func (s *session) usable(now time.Time) bool {
 	return s.AccessToken != "" && (s.Expiry == 0 || now.Before(s.expiry()))
 }
 
-// dropInvalid removes an expired access token (seed 002's server hook, step
-// 1): what remains is either usable or refreshable.
-func (s *session) dropInvalid(now time.Time) {
-	if s.AccessToken != "" && !s.usable(now) {
-		s.AccessToken = ""
+// labelIdentity marks the identity as coming from this session. Called once
+// when a session is built or decoded: sessions are shared read-only between
+// concurrent requests afterwards (see sessionCache).
+func (s *session) labelIdentity() *session {
+	if s.Identity != nil {
+		s.Identity.Source = "session"
+		s.Identity.GrantKey = s.GrantKey
 	}
+	return s
 }
 
 func encodeSession(s *session) []byte {
@@ -75,5 +78,5 @@ func decodeSession(b []byte) (*session, error) {
 	if s.ID == "" || s.Identity == nil || s.Identity.Subject == "" {
 		return nil, seal.ErrInvalid
 	}
-	return &s, nil
+	return s.labelIdentity(), nil
 }

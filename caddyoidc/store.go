@@ -20,18 +20,26 @@ func (o *OIDC) loadSession(r *http.Request) (*session, error) {
 	if raw == "" {
 		return nil, nil
 	}
-	pt, err := o.rt.sealer.Open(raw, o.sessionPurpose())
-	if err != nil {
-		return nil, nil // tampered or foreign cookie: treated as no session
-	}
 	var s *session
-	if o.Session == "store" {
-		s, err = o.loadStored(r.Context(), string(pt))
-		if err != nil || s == nil {
-			return nil, err
+	if o.Session != "store" {
+		s = o.rt.sessions.get(raw)
+	}
+	if s == nil {
+		pt, err := o.rt.sealer.Open(raw, o.sessionPurpose())
+		if err != nil {
+			return nil, nil // tampered or foreign cookie: treated as no session
 		}
-	} else if s, err = decodeSession(pt); err != nil {
-		return nil, nil
+		if o.Session == "store" {
+			s, err = o.loadStored(r.Context(), string(pt))
+			if err != nil || s == nil {
+				return nil, err
+			}
+		} else {
+			if s, err = decodeSession(pt); err != nil {
+				return nil, nil
+			}
+			o.rt.sessions.put(raw, s, time.Unix(s.Created, 0).Add(time.Duration(o.SessionLifetime)))
+		}
 	}
 	if time.Since(time.Unix(s.Created, 0)) > time.Duration(o.SessionLifetime) {
 		return nil, nil
