@@ -41,6 +41,7 @@ func (o *OIDC) verifyBearer(ctx context.Context, p *provider, tok string) (*iden
 	h := tokenHash(tok)
 	now := time.Now()
 	if id, ok := o.rt.introspected.get(h, now); ok {
+		count(metrics.cacheHits, "bearer")
 		return id, nil
 	}
 	var (

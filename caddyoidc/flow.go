@@ -95,6 +95,7 @@ func (o *OIDC) serveLogin(w http.ResponseWriter, r *http.Request, p *provider) {
 	for k, v := range o.AuthParams {
 		authOpts = append(authOpts, oauth2.SetAuthURLParam(k, v))
 	}
+	count(metrics.logins, "started")
 	w.Header().Set("Cache-Control", "no-store")
 	http.Redirect(w, r, o.oauth2Config(p, f.Redirect).AuthCodeURL(f.State, authOpts...), http.StatusFound)
 }
@@ -108,6 +109,9 @@ func (o *OIDC) callbackError(w http.ResponseWriter, r *http.Request, status int,
 	o.logger.Warn("login callback rejected", fields...)
 	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "5")
+		count(metrics.callbacks, "unavailable")
+	} else {
+		count(metrics.callbacks, "rejected")
 	}
 	writePage(w, status, "Login failed", reason, o.Routes+"/login")
 }
@@ -223,6 +227,7 @@ func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider
 		o.callbackError(w, r, http.StatusServiceUnavailable, "the session could not be saved", err)
 		return
 	}
+	count(metrics.callbacks, "success")
 	o.logger.Info("login", zap.String("sub", s.Identity.Subject), zap.Bool("refreshable", s.refreshable()))
 	w.Header().Set("Cache-Control", "no-store")
 	http.Redirect(w, r, f.Back, http.StatusFound)

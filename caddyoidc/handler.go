@@ -35,6 +35,7 @@ func (o *OIDC) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		return nil // answered
 	}
 	if id == nil {
+		count(metrics.verifications, "anonymous", "none")
 		if o.AllowAnonymous {
 			r.Header.Del("Authorization")
 			o.stripOwnCookies(r)
@@ -44,10 +45,12 @@ func (o *OIDC) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		return nil
 	}
 	if reason := o.checkRules(id); reason != "" {
+		count(metrics.verifications, id.Source, "forbidden")
 		o.logger.Info("request forbidden", zap.String("sub", id.Subject), zap.String("reason", reason))
 		o.writeError(w, r, http.StatusForbidden, "insufficient_scope", reason)
 		return nil
 	}
+	count(metrics.verifications, id.Source, "ok")
 	o.injectUpstream(r, id, token)
 	return next.ServeHTTP(w, r)
 }
@@ -64,10 +67,12 @@ func (o *OIDC) authenticate(w http.ResponseWriter, r *http.Request, p *provider)
 		id, err := o.verifyBearer(r.Context(), p, tok)
 		if err != nil {
 			if errors.Is(err, errIdPUnavailable) {
+				count(metrics.verifications, "bearer", "unavailable")
 				o.logger.Warn("bearer token check failed: provider unavailable", errField(err))
 				o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "the identity provider is unavailable")
 				return nil, upstreamTokens{}, false
 			}
+			count(metrics.verifications, "bearer", "invalid")
 			o.logger.Info("bearer token rejected", errField(err), zap.String("remote", r.RemoteAddr))
 			o.writeError(w, r, http.StatusUnauthorized, "invalid_token", "the access token is invalid")
 			return nil, upstreamTokens{}, false
@@ -77,6 +82,7 @@ func (o *OIDC) authenticate(w http.ResponseWriter, r *http.Request, p *provider)
 
 	s, err := o.loadSession(r)
 	if err != nil {
+		count(metrics.storeErrors, "load")
 		o.logger.Error("loading session failed", errField(err))
 		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "sessions are unavailable")
 		return nil, upstreamTokens{}, false
@@ -121,13 +127,16 @@ func (o *OIDC) authenticateAZAT(w http.ResponseWriter, r *http.Request, p *provi
 	case err == nil:
 		return id, up, true
 	case errors.Is(err, errIdPUnavailable), errors.Is(err, azatauth.ErrStore):
+		count(metrics.verifications, "azat", "unavailable")
 		o.logger.Warn("azat: provider or grant store unavailable", errField(err))
 		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable",
 			"the identity provider is unavailable; your token is kept, retry shortly")
 	case errors.Is(err, azatauth.ErrNoGrant):
+		count(metrics.verifications, "azat", "invalid")
 		o.logger.Info("azat rejected: grant gone", zap.String("remote", r.RemoteAddr))
 		o.writeError(w, r, http.StatusUnauthorized, "invalid_token", "the login behind this token has ended; log in again and get a new token")
 	default:
+		count(metrics.verifications, "azat", "invalid")
 		o.logger.Info("azat rejected", errField(err), zap.String("remote", r.RemoteAddr))
 		o.writeError(w, r, http.StatusUnauthorized, "invalid_token", "the access token is invalid")
 	}

@@ -229,6 +229,9 @@ const (
 func (o *OIDC) Provision(ctx caddy.Context) error {
 	o.logger = ctx.Logger()
 	o.storage = ctx.Storage()
+	if reg := ctx.GetMetricsRegistry(); reg != nil {
+		initMetrics(reg)
+	}
 	repl := caddy.NewReplacer()
 
 	if len(o.Scopes) == 0 {

@@ -22,7 +22,9 @@ func (o *OIDC) loadSession(r *http.Request) (*session, error) {
 	}
 	var s *session
 	if o.Session != "store" {
-		s = o.rt.sessions.get(raw)
+		if s = o.rt.sessions.get(raw); s != nil {
+			count(metrics.cacheHits, "session")
+		}
 	}
 	if s == nil {
 		pt, err := o.rt.sealer.Open(raw, o.sessionPurpose())

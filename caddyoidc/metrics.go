@@ -1,0 +1,78 @@
+package caddyoidc
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics, registered in Caddy's metrics registry (served by Caddy's
+// `metrics` handler and the admin endpoint's /metrics). All names start with
+// caddy_oidc_.
+type oidcMetrics struct {
+	logins        *prometheus.CounterVec
+	callbacks     *prometheus.CounterVec
+	refreshes     *prometheus.CounterVec
+	refreshTime   prometheus.Histogram
+	mints         *prometheus.CounterVec
+	verifications *prometheus.CounterVec
+	cacheHits     *prometheus.CounterVec
+	storeErrors   *prometheus.CounterVec
+}
+
+var (
+	metricsOnce sync.Once
+	metrics     oidcMetrics
+)
+
+func initMetrics(reg *prometheus.Registry) {
+	metricsOnce.Do(func() {
+		const ns = "caddy_oidc"
+		metrics = oidcMetrics{
+			logins: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "logins_total",
+				Help: "Logins started (redirects to the provider)."}, []string{"outcome"}),
+			callbacks: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "callbacks_total",
+				Help: "Login callbacks by outcome: success, rejected (state, provider error, bad code or ID token), unavailable."},
+				[]string{"outcome"}),
+			refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "refreshes_total",
+				Help: "Refreshes at the provider by outcome: success, invalid_grant, unavailable."}, []string{"outcome"}),
+			refreshTime: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "refresh_duration_seconds",
+				Help:    "Latency of refresh calls to the provider's token endpoint.",
+				Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}),
+			mints: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "azat_mints_total",
+				Help: "AZAT mint requests by outcome: success, no_grant, fallback, unavailable."}, []string{"outcome"}),
+			verifications: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "verifications_total",
+				Help: "Authentications of requests by kind (session, bearer, azat, anonymous) and outcome (ok, invalid, unavailable, forbidden)."},
+				[]string{"kind", "outcome"}),
+			cacheHits: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "cache_hits_total",
+				Help: "Verified-token and decoded-session cache hits by cache."}, []string{"cache"}),
+			storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "store_errors_total",
+				Help: "Errors of Caddy storage (sessions, grants) by operation."}, []string{"op"}),
+		}
+	})
+	for _, c := range []prometheus.Collector{metrics.logins, metrics.callbacks, metrics.refreshes, metrics.refreshTime,
+		metrics.mints, metrics.verifications, metrics.cacheHits, metrics.storeErrors} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				panic(err)
+			}
+		}
+	}
+}
+
+// count increments a labelled counter when metrics are initialised.
+func count(v *prometheus.CounterVec, labels ...string) {
+	if v != nil {
+		v.WithLabelValues(labels...).Inc()
+	}
+}
+
+func observeRefresh(start time.Time, outcome string) {
+	if metrics.refreshTime != nil {
+		metrics.refreshTime.Observe(time.Since(start).Seconds())
+	}
+	count(metrics.refreshes, outcome)
+}
