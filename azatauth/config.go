@@ -94,7 +94,7 @@ type Service struct {
 // Provision prepares AZATs: grant store, keyring and signer. A KMS key that
 // cannot be loaded yet does not fail start-up: it is retried in the
 // background and minting answers 503 meanwhile.
-func (c *Config) Provision(ctx caddy.Context, logger *zap.Logger, st certmagic.Storage, client *http.Client) (*Service, error) {
+func (c *Config) Provision(ctx context.Context, logger *zap.Logger, st certmagic.Storage, client *http.Client) (*Service, error) {
 	if c.Lifetime == 0 {
 		c.Lifetime = caddy.Duration(defaultLifetime)
 	}

@@ -36,7 +36,6 @@ type provider struct {
 	meta     providerMetadata
 	keys     *remoteKeySet
 	idTokens *oidc.IDTokenVerifier // aud must contain client_id
-	jwts     *oidc.IDTokenVerifier // aud checked by the caller
 	algs     []string
 	endpoint oauth2.Endpoint
 }
@@ -95,9 +94,6 @@ func discover(ctx context.Context, issuer, clientID string, client *http.Client)
 		algs: algs,
 		idTokens: oidc.NewVerifier(m.Issuer, keys, &oidc.Config{
 			ClientID: clientID, SupportedSigningAlgs: algs,
-		}),
-		jwts: oidc.NewVerifier(m.Issuer, keys, &oidc.Config{
-			SkipClientIDCheck: true, SupportedSigningAlgs: algs,
 		}),
 		endpoint: oauth2.Endpoint{
 			AuthURL:  m.AuthorizationEndpoint,

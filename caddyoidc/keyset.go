@@ -2,10 +2,13 @@ package caddyoidc
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -24,76 +27,126 @@ var minKeyRefetch = 5 * time.Second
 
 // remoteKeySet is the provider's JWKS, cached and refetched when a token names
 // a kid it does not know (OpenID Connect Core 10.1.1), at most every
-// minKeyRefetch. It implements go-oidc's KeySet, so go-oidc's verifier keeps
-// doing the claim checks while this type pins each key to its algorithm.
+// minKeyRefetch. It implements go-oidc's KeySet (used for ID tokens) and
+// verifies bearer JWTs directly; either way each key is pinned to the
+// algorithm family of its type.
 type remoteKeySet struct {
 	url    string
 	client *http.Client
 
 	mu       sync.RWMutex
-	set      jwk.Set
+	keys     []verifyKey
+	loaded   bool
 	inflight *keyFetch
 	// lastOnDemand is when a token with an unknown kid last caused a fetch.
 	lastOnDemand time.Time
+}
+
+// verifyKey is a JWKS entry ready for verification.
+type verifyKey struct {
+	kid string
+	alg string // the key's own "alg", may be empty
+	kty jwa.KeyType
+	raw any // *rsa.PublicKey, *ecdsa.PublicKey, ed25519.PublicKey
 }
 
 func newRemoteKeySet(url string, client *http.Client) *remoteKeySet {
 	return &remoteKeySet{url: url, client: client}
 }
 
-var errUnknownKey = errors.New("no matching key for the token's kid")
+var (
+	errUnknownKey   = errors.New("no matching key for the token's kid")
+	errMalformedJWS = errors.New("malformed jws")
+	errAlgorithm    = errors.New("signature algorithm not allowed")
+	errSignature    = errors.New("bad signature")
+)
 
 // VerifySignature verifies the JWS with the key named by its kid and returns
-// the payload. Algorithms are already limited by the caller (go-oidc's
-// SupportedSigningAlgs); here the key type must also match the algorithm, so
-// an RSA public key can never be used as an HMAC secret.
+// the payload (go-oidc's KeySet; go-oidc has already limited the algorithms).
 func (k *remoteKeySet) VerifySignature(ctx context.Context, token string) ([]byte, error) {
-	msg, err := jws.ParseString(token)
-	if err != nil {
-		return nil, fmt.Errorf("malformed jws: %w", err)
-	}
-	sigs := msg.Signatures()
-	if len(sigs) != 1 {
-		return nil, errors.New("token must have exactly one signature")
-	}
-	hdr := sigs[0].ProtectedHeaders()
-	kid, alg := hdr.KeyID(), hdr.Algorithm()
+	_, payload, err := k.verifyCompact(ctx, token, nil)
+	return payload, err
+}
 
-	key, ok := k.lookup(kid, alg)
+// jwsHeader is the part of a JOSE header this package reads.
+type jwsHeader struct {
+	Alg  string `json:"alg"`
+	Kid  string `json:"kid"`
+	Typ  string `json:"typ"`
+	Crit any    `json:"crit"`
+}
+
+// verifyCompact verifies a compact JWS: the header's alg must be in allowed
+// (or, with allowed nil, any asymmetric algorithm), the key is found by kid
+// (refetching the JWKS for an unknown kid) and must fit alg, then the
+// signature is checked. It returns the header and the payload.
+func (k *remoteKeySet) verifyCompact(ctx context.Context, token string, allowed []string) (*jwsHeader, []byte, error) {
+	dot1 := strings.IndexByte(token, '.')
+	if dot1 < 0 {
+		return nil, nil, errMalformedJWS
+	}
+	dot2 := strings.IndexByte(token[dot1+1:], '.')
+	if dot2 < 0 {
+		return nil, nil, errMalformedJWS
+	}
+	dot2 += dot1 + 1
+	if strings.IndexByte(token[dot2+1:], '.') >= 0 {
+		return nil, nil, errMalformedJWS
+	}
+	hb, err := base64.RawURLEncoding.DecodeString(token[:dot1])
+	if err != nil {
+		return nil, nil, errMalformedJWS
+	}
+	var h jwsHeader
+	if err := json.Unmarshal(hb, &h); err != nil || h.Crit != nil {
+		return nil, nil, errMalformedJWS
+	}
+	if !asymmetricAlgs[h.Alg] || (allowed != nil && !slices.Contains(allowed, h.Alg)) {
+		return nil, nil, errAlgorithm
+	}
+	raw, ok := k.lookup(h.Kid, h.Alg)
 	if !ok {
 		if err := k.refresh(ctx, true); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		if key, ok = k.lookup(kid, alg); !ok {
-			return nil, errUnknownKey
+		if raw, ok = k.lookup(h.Kid, h.Alg); !ok {
+			return nil, nil, errUnknownKey
 		}
 	}
-	return jws.Verify([]byte(token), jws.WithKey(alg, key))
+	sig, err := base64.RawURLEncoding.DecodeString(token[dot2+1:])
+	if err != nil {
+		return nil, nil, errMalformedJWS
+	}
+	v, err := jws.NewVerifier(jwa.SignatureAlgorithm(h.Alg))
+	if err != nil {
+		return nil, nil, errAlgorithm
+	}
+	if err := v.Verify([]byte(token[:dot2]), sig, raw); err != nil {
+		return nil, nil, errSignature
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(token[dot1+1 : dot2])
+	if err != nil {
+		return nil, nil, errMalformedJWS
+	}
+	return &h, payload, nil
 }
 
 // lookup finds the key for kid (or, without kid, the only key usable with
 // alg) whose type fits alg and whose own "alg", when set, equals alg.
-func (k *remoteKeySet) lookup(kid string, alg jwa.SignatureAlgorithm) (jwk.Key, bool) {
+func (k *remoteKeySet) lookup(kid, alg string) (any, bool) {
 	k.mu.RLock()
-	set := k.set
-	k.mu.RUnlock()
-	if set == nil {
-		return nil, false
-	}
-	var found jwk.Key
+	defer k.mu.RUnlock()
+	var found any
 	n := 0
-	for i := 0; i < set.Len(); i++ {
-		key, _ := set.Key(i)
-		if kid != "" && key.KeyID() != kid {
+	for i := range k.keys {
+		key := &k.keys[i]
+		if kid != "" && key.kid != kid {
 			continue
 		}
-		if !keyFitsAlg(key, alg) {
+		if !keyFitsAlg(key.kty, key.alg, alg) {
 			continue
 		}
-		if use := key.KeyUsage(); use != "" && use != "sig" {
-			continue
-		}
-		found = key
+		found = key.raw
 		n++
 	}
 	if kid == "" && n != 1 {
@@ -103,18 +156,17 @@ func (k *remoteKeySet) lookup(kid string, alg jwa.SignatureAlgorithm) (jwk.Key, 
 }
 
 // keyFitsAlg pins a key to the algorithm family of its type.
-func keyFitsAlg(key jwk.Key, alg jwa.SignatureAlgorithm) bool {
-	if ka := key.Algorithm(); ka != nil && ka.String() != "" && ka.String() != alg.String() {
+func keyFitsAlg(kty jwa.KeyType, keyAlg, alg string) bool {
+	if keyAlg != "" && keyAlg != alg {
 		return false
 	}
-	a := alg.String()
-	switch key.KeyType() {
+	switch kty {
 	case jwa.RSA:
-		return strings.HasPrefix(a, "RS") || strings.HasPrefix(a, "PS")
+		return strings.HasPrefix(alg, "RS") || strings.HasPrefix(alg, "PS")
 	case jwa.EC:
-		return strings.HasPrefix(a, "ES")
+		return strings.HasPrefix(alg, "ES")
 	case jwa.OKP:
-		return a == "EdDSA"
+		return alg == "EdDSA"
 	}
 	return false
 }
@@ -126,7 +178,7 @@ func (k *remoteKeySet) refresh(ctx context.Context, onDemand bool) error {
 	k.mu.Lock()
 	f := k.inflight
 	if f == nil {
-		if onDemand && k.set != nil && !k.lastOnDemand.IsZero() && time.Since(k.lastOnDemand) < minKeyRefetch {
+		if onDemand && k.loaded && !k.lastOnDemand.IsZero() && time.Since(k.lastOnDemand) < minKeyRefetch {
 			k.mu.Unlock()
 			return errUnknownKey
 		}
@@ -136,10 +188,10 @@ func (k *remoteKeySet) refresh(ctx context.Context, onDemand bool) error {
 		f = &keyFetch{done: make(chan struct{})}
 		k.inflight = f
 		go func() {
-			set, err := fetchJWKS(context.WithoutCancel(ctx), k.client, k.url)
+			keys, err := fetchJWKS(context.WithoutCancel(ctx), k.client, k.url)
 			k.mu.Lock()
 			if err == nil {
-				k.set = set
+				k.keys, k.loaded = keys, true
 			}
 			f.err = err
 			k.inflight = nil
@@ -161,7 +213,8 @@ type keyFetch struct {
 	err  error
 }
 
-func fetchJWKS(ctx context.Context, client *http.Client, url string) (jwk.Set, error) {
+// fetchJWKS fetches a JWKS and keeps its signature keys.
+func fetchJWKS(ctx context.Context, client *http.Client, url string) ([]verifyKey, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
@@ -183,5 +236,21 @@ func fetchJWKS(ctx context.Context, client *http.Client, url string) (jwk.Set, e
 	if err != nil {
 		return nil, fmt.Errorf("parsing jwks: %w", err)
 	}
-	return set, nil
+	keys := make([]verifyKey, 0, set.Len())
+	for i := 0; i < set.Len(); i++ {
+		key, _ := set.Key(i)
+		if use := key.KeyUsage(); use != "" && use != "sig" {
+			continue
+		}
+		var raw any
+		if err := key.Raw(&raw); err != nil {
+			continue
+		}
+		alg := ""
+		if a := key.Algorithm(); a != nil {
+			alg = a.String()
+		}
+		keys = append(keys, verifyKey{kid: key.KeyID(), alg: alg, kty: key.KeyType(), raw: raw})
+	}
+	return keys, nil
 }

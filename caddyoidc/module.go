@@ -227,11 +227,17 @@ const (
 // Provision sets defaults, resolves placeholders in secrets, loads or creates
 // the cookie secret and starts provider discovery in the background.
 func (o *OIDC) Provision(ctx caddy.Context) error {
-	o.logger = ctx.Logger()
-	o.storage = ctx.Storage()
 	if reg := ctx.GetMetricsRegistry(); reg != nil {
 		initMetrics(reg)
 	}
+	return o.provision(ctx, ctx.Logger(), ctx.Storage())
+}
+
+// provision is Provision without Caddy's context: background work stops when
+// ctx ends.
+func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.Storage) error {
+	o.logger = logger
+	o.storage = st
 	repl := caddy.NewReplacer()
 
 	if len(o.Scopes) == 0 {
