@@ -76,13 +76,16 @@ func TestBrowserLogin(t *testing.T) {
 		chromedp.SetValue(`#username`, testop.Username, chromedp.ByID),
 		chromedp.SetValue(`#password`, testop.Password, chromedp.ByID),
 		chromedp.Click(`button[type=submit]`, chromedp.ByQuery),
-		chromedp.WaitVisible(`body`, chromedp.ByQuery),
-		chromedp.Poll(`document.location.href.includes("/app/report")`, nil),
-		chromedp.Text(`body`, &text, chromedp.ByQuery),
-		chromedp.Location(&loc),
 	)
 	if err != nil {
 		t.Fatalf("browser login: %v", err)
+	}
+	// The browser goes through the provider, the callback and the redirect
+	// back: wait until it lands (queries during a navigation may fail).
+	waitLocation(t, ctx, site.URL+"/app/report")
+	if err := chromedp.Run(ctx, chromedp.WaitVisible(`body`, chromedp.ByQuery),
+		chromedp.Text(`body`, &text, chromedp.ByQuery), chromedp.Location(&loc)); err != nil {
+		t.Fatalf("reading the page: %v", err)
 	}
 	if !strings.Contains(text, `"user":"id1"`) || !strings.Contains(text, `/app/report?id=7`) {
 		t.Fatalf("upstream page after login at %s: %q", loc, text)
@@ -106,8 +109,13 @@ func TestBrowserLogin(t *testing.T) {
 		chromedp.Navigate(site.URL+"/auth/logout"),
 		chromedp.WaitVisible(`button[type=submit]`, chromedp.ByQuery),
 		chromedp.Click(`button[type=submit]`, chromedp.ByQuery),
-		// logout -> provider end_session -> site / -> login -> provider form
-		chromedp.WaitVisible(`#password`, chromedp.ByID),
+	)
+	if err != nil {
+		t.Fatalf("browser logout: %v", err)
+	}
+	// logout -> provider end_session -> site / -> login -> provider form
+	waitLocation(t, ctx, op.Issuer+"/login")
+	err = chromedp.Run(ctx,
 		chromedp.Navigate(site.URL+"/app"),
 		chromedp.WaitVisible(`#password`, chromedp.ByID),
 		chromedp.Location(&loc),
@@ -118,4 +126,18 @@ func TestBrowserLogin(t *testing.T) {
 	if !strings.HasPrefix(loc, op.Issuer) {
 		t.Fatalf("after logout /app went to %s, want the provider's login", loc)
 	}
+}
+
+// waitLocation polls the page's URL until it starts with prefix.
+func waitLocation(t *testing.T, ctx context.Context, prefix string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	var loc string
+	for time.Now().Before(deadline) {
+		if err := chromedp.Run(ctx, chromedp.Location(&loc)); err == nil && strings.HasPrefix(loc, prefix) {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("browser at %q, want %s...", loc, prefix)
 }

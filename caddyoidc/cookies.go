@@ -42,31 +42,54 @@ func splitChunks(value string, size int) []string {
 // chunkName is the name of chunk i of the cookie base.
 func chunkName(base string, i int) string { return base + "_" + strconv.Itoa(i) }
 
-// readChunked reassembles a chunked cookie (one pass over the request's
-// cookies). It returns "" when chunk 0 is missing, a chunk in between is
-// missing, or there are more than maxChunks chunks.
+// cookiePairs calls f for every name=value pair of the request's Cookie
+// headers, without the allocation and validation of http.Request.Cookies
+// (this runs on every request). f returns false to stop.
+func cookiePairs(r *http.Request, f func(name, value string) bool) {
+	for _, line := range r.Header["Cookie"] {
+		for line != "" {
+			var part string
+			part, line, _ = strings.Cut(line, ";")
+			part = strings.TrimSpace(part)
+			name, value, ok := strings.Cut(part, "=")
+			if !ok || name == "" {
+				continue
+			}
+			if !f(name, strings.Trim(value, `"`)) {
+				return
+			}
+		}
+	}
+}
+
+// readChunked reassembles a chunked cookie. It returns "" when chunk 0 is
+// missing, a chunk in between is missing, or there are more than maxChunks
+// chunks.
 func readChunked(r *http.Request, base string) string {
 	var chunks [maxChunks]string
-	n, size := 0, 0
-	for _, c := range r.Cookies() {
-		rest, ok := strings.CutPrefix(c.Name, base+"_")
+	n, size, tooMany := 0, 0, false
+	prefix := base + "_"
+	cookiePairs(r, func(name, value string) bool {
+		rest, ok := strings.CutPrefix(name, prefix)
 		if !ok || len(rest) == 0 || len(rest) > 2 || rest[0] < '0' || rest[0] > '9' {
-			continue
+			return true
 		}
 		i, err := strconv.Atoi(rest)
 		if err != nil {
-			continue
+			return true
 		}
 		if i >= maxChunks {
-			return ""
+			tooMany = true
+			return false
 		}
 		if chunks[i] == "" {
 			n++
-			size += len(c.Value)
+			size += len(value)
 		}
-		chunks[i] = c.Value
-	}
-	if n == 0 || chunks[0] == "" {
+		chunks[i] = value
+		return true
+	})
+	if tooMany || n == 0 || chunks[0] == "" {
 		return ""
 	}
 	if n == 1 {
@@ -108,26 +131,26 @@ func writeChunked(w http.ResponseWriter, r *http.Request, opts cookieOpts, base,
 // stripCookies removes the cookies whose names start with prefix from the
 // request, so that upstreams never see this handler's sealed values.
 func stripCookies(r *http.Request, prefix string) {
-	cookies := r.Cookies()
-	keep := cookies[:0]
-	removed := false
-	for _, c := range cookies {
-		if strings.HasPrefix(c.Name, prefix) {
-			removed = true
-			continue
+	lines := r.Header["Cookie"]
+	found := false
+	for _, l := range lines {
+		if strings.Contains(l, prefix) {
+			found = true
+			break
 		}
-		keep = append(keep, c)
 	}
-	if !removed {
+	if !found {
 		return
 	}
+	var keep []string
+	cookiePairs(r, func(name, value string) bool {
+		if !strings.HasPrefix(name, prefix) {
+			keep = append(keep, name+"="+value)
+		}
+		return true
+	})
 	r.Header.Del("Cookie")
-	if len(keep) == 0 {
-		return
+	if len(keep) > 0 {
+		r.Header.Set("Cookie", strings.Join(keep, "; "))
 	}
-	parts := make([]string, len(keep))
-	for i, c := range keep {
-		parts[i] = c.Name + "=" + c.Value
-	}
-	r.Header.Set("Cookie", strings.Join(parts, "; "))
 }

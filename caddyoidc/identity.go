@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"strings"
 )
 
@@ -23,6 +24,8 @@ type identity struct {
 	ClientID string `json:"-"`
 	// GrantKey is the user's AZAT grant key, when known.
 	GrantKey string `json:"-"`
+	// computed caches vars().
+	computed atomic.Pointer[identityVars]
 }
 
 // newIdentity builds an identity from verified claims. rolesPath locates the
@@ -148,4 +151,11 @@ func headerValue(v any) string {
 		}
 		return r
 	}, s)
+}
+
+// clone copies the identity without its computed values.
+func (id *identity) clone() *identity {
+	return &identity{Issuer: id.Issuer, Subject: id.Subject, Email: id.Email, Name: id.Name,
+		PreferredUsername: id.PreferredUsername, Roles: id.Roles, Claims: id.Claims,
+		Source: id.Source, ClientID: id.ClientID, GrantKey: id.GrantKey}
 }

@@ -163,12 +163,11 @@ func (o *OIDC) refreshAtIdP(ctx context.Context, p *provider, s *session) (*sess
 			ns.ProviderSID = sid
 		}
 	} else if roles := newIdentity(s.Identity.Claims, o.RolesClaim, unverifiedClaims(tok.AccessToken)).Roles; roles != nil {
-		id := *s.Identity
+		id := s.Identity.clone()
 		id.Roles = roles
-		ns.Identity = &id
+		ns.Identity = id
 	} else {
-		id := *s.Identity // never share the old session's identity
-		ns.Identity = &id
+		ns.Identity = s.Identity.clone() // never share the old session's identity
 	}
 	o.logger.Debug("refreshed", zap.String("sub", s.Identity.Subject), zap.Duration("took", time.Since(start)))
 	return ns.labelIdentity(), nil

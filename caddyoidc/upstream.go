@@ -46,35 +46,59 @@ func (o *OIDC) injectUpstream(r *http.Request, id *identity, tok upstreamTokens)
 	default:
 		r.Header.Del("Authorization")
 	}
-	setHeader(r, headerUser, id.Subject)
-	setHeader(r, headerEmail, id.Email)
-	setHeader(r, headerPreferredUsername, id.PreferredUsername)
-	setHeader(r, headerGroups, strings.Join(id.Roles, ","))
+	vars := id.vars()
+	setHeader(r, headerUser, vars.headers[0])
+	setHeader(r, headerEmail, vars.headers[1])
+	setHeader(r, headerPreferredUsername, vars.headers[2])
+	setHeader(r, headerGroups, vars.headers[3])
 	for h, path := range o.ClaimHeaders {
 		setHeader(r, h, headerValue(lookupClaim(id.Claims, []string{path})))
 	}
 	o.stripOwnCookies(r)
 
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
-		repl.Set("http.auth.user.id", id.Subject)
-		repl.Set("http.auth.user.sub", id.Subject)
-		repl.Set("http.auth.user.iss", id.Issuer)
-		repl.Set("http.auth.user.email", id.Email)
-		repl.Set("http.auth.user.name", id.Name)
-		repl.Set("http.auth.user.preferred_username", id.PreferredUsername)
-		repl.Set("http.auth.user.roles", strings.Join(id.Roles, ","))
-		repl.Set("http.auth.user.source", id.Source)
-		for k, v := range id.Claims {
-			switch v.(type) {
-			case string, bool, float64, []any:
-				repl.Set("http.auth.user.claims."+k, headerValue(v))
-			}
+		for _, kv := range vars.placeholders {
+			repl.Set(kv[0], kv[1])
 		}
+		repl.Set("http.auth.user.source", id.Source)
 	}
 }
 
+// identityVars are the header values and placeholders of an identity,
+// computed once per identity (identities are shared by concurrent requests
+// through the session and token caches).
+type identityVars struct {
+	headers      [4]string   // user, email, preferred username, groups
+	placeholders [][2]string // name, value
+}
+
+// vars returns the identity's upstream values, computing them on first use.
+func (id *identity) vars() *identityVars {
+	if v := id.computed.Load(); v != nil {
+		return v
+	}
+	roles := strings.Join(id.Roles, ",")
+	v := &identityVars{headers: [4]string{headerValue(id.Subject), headerValue(id.Email),
+		headerValue(id.PreferredUsername), headerValue(roles)}}
+	v.placeholders = append(v.placeholders,
+		[2]string{"http.auth.user.id", id.Subject}, [2]string{"http.auth.user.sub", id.Subject},
+		[2]string{"http.auth.user.iss", id.Issuer}, [2]string{"http.auth.user.email", id.Email},
+		[2]string{"http.auth.user.name", id.Name},
+		[2]string{"http.auth.user.preferred_username", id.PreferredUsername},
+		[2]string{"http.auth.user.roles", roles})
+	for k, c := range id.Claims {
+		switch c.(type) {
+		case string, bool, float64, []any:
+			v.placeholders = append(v.placeholders, [2]string{"http.auth.user.claims." + k, headerValue(c)})
+		}
+	}
+	id.computed.Store(v)
+	return v
+}
+
+// setHeader sets a header value (already free of control characters), or
+// removes the header for an empty value.
 func setHeader(r *http.Request, name, value string) {
-	value = headerValue(value)
 	if value == "" {
 		r.Header.Del(name)
 		return
