@@ -4,8 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"sync/atomic"
 	"strings"
+	"sync/atomic"
 )
 
 // identity is who the request is from, as far as upstreams are concerned.
