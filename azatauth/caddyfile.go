@@ -18,6 +18,7 @@ import (
 //		fallback     access_token
 //		trust        <jwks-url>
 //		verify_only
+//		grant_cache  <duration>
 //	}
 func (c *Config) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
@@ -88,6 +89,15 @@ func (c *Config) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = one(&c.Fallback)
 		case "trust":
 			err = one(&c.Trust)
+		case "grant_cache":
+			if len(args) != 1 {
+				return d.ArgErr()
+			}
+			v, perr := caddy.ParseDuration(args[0])
+			if perr != nil {
+				return d.Errf("grant_cache: %v", perr)
+			}
+			c.GrantCache = caddy.Duration(v)
 		case "verify_only":
 			if len(args) != 0 {
 				return d.ArgErr()

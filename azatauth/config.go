@@ -69,6 +69,12 @@ type Config struct {
 
 	// VerifyOnly disables minting on this site: it only verifies AZATs.
 	VerifyOnly bool `json:"verify_only,omitempty"`
+
+	// GrantCache is how long a grant read from storage is used from memory
+	// on the request path. A revocation made on this instance applies at
+	// once; one made on another instance sharing the storage within this
+	// time. Default: 1s; negative: always read storage.
+	GrantCache caddy.Duration `json:"grant_cache,omitempty"`
 }
 
 const (
@@ -122,7 +128,10 @@ func (c *Config) Provision(ctx context.Context, logger *zap.Logger, st certmagic
 	if err != nil {
 		return nil, fmt.Errorf("azat grant_secret: %v", err)
 	}
-	s.grants = NewGrantStore(st, sealer)
+	if c.GrantCache == 0 {
+		c.GrantCache = caddy.Duration(time.Second)
+	}
+	s.grants = NewGrantStore(st, sealer).WithCache(time.Duration(c.GrantCache))
 
 	if c.Trust != "" {
 		s.keyring = NewRemoteKeyring(repl.ReplaceKnown(c.Trust, ""), client)

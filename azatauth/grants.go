@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"io/fs"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -37,6 +39,20 @@ type Grant struct {
 	MinJTI  uint64 `json:"min_jti"`
 	MaxJTI  uint64 `json:"max_jti"`
 	Updated int64  `json:"updated"`
+
+	// memo holds what a caller derived from this (read-only) grant.
+	memo atomic.Value
+}
+
+// Memo returns the value compute derives from the grant, computing it once
+// per grant object (grants from Load are shared and read-only).
+func (g *Grant) Memo(compute func() any) any {
+	if v := g.memo.Load(); v != nil {
+		return v
+	}
+	v := compute()
+	g.memo.Store(v)
+	return v
 }
 
 // Usable tells whether the grant holds a refresh token.
@@ -54,15 +70,72 @@ func (g *Grant) NeedsRefresh(now time.Time, before time.Duration) bool {
 }
 
 // GrantStore keeps grants in Caddy storage, sealed with AES-256-GCM bound to
-// the grant key.
+// the grant key. Reads on the request path (Load) may be served from memory
+// for up to the cache TTL; writes go through to storage and update the cache.
 type GrantStore struct {
 	st     certmagic.Storage
 	sealer *seal.Sealer
+	ttl    time.Duration
+
+	mu    sync.RWMutex
+	cache map[string]cachedGrant
 }
 
-// NewGrantStore returns a store on st sealing with sealer.
+type cachedGrant struct {
+	g  *Grant
+	at time.Time
+}
+
+// maxCachedGrants bounds the in-memory grant cache.
+const maxCachedGrants = 100000
+
+// NewGrantStore returns a store on st sealing with sealer, without cache.
 func NewGrantStore(st certmagic.Storage, sealer *seal.Sealer) *GrantStore {
 	return &GrantStore{st: st, sealer: sealer}
+}
+
+// WithCache makes Load serve grants read within ttl from memory. Changes
+// made by this instance are seen at once; changes made by other instances
+// sharing the storage (a revocation there) within ttl.
+func (s *GrantStore) WithCache(ttl time.Duration) *GrantStore {
+	s.ttl = ttl
+	s.cache = map[string]cachedGrant{}
+	return s
+}
+
+func (s *GrantStore) cached(key string) *Grant {
+	if s.ttl <= 0 {
+		return nil
+	}
+	s.mu.RLock()
+	e, ok := s.cache[key]
+	s.mu.RUnlock()
+	if !ok || time.Since(e.at) > s.ttl {
+		return nil
+	}
+	return e.g
+}
+
+func (s *GrantStore) remember(key string, g *Grant) {
+	if s.ttl <= 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.cache) >= maxCachedGrants {
+		for k, e := range s.cache {
+			if time.Since(e.at) > s.ttl {
+				delete(s.cache, k)
+			}
+		}
+		for k := range s.cache {
+			if len(s.cache) < maxCachedGrants*3/4 {
+				break
+			}
+			delete(s.cache, k)
+		}
+	}
+	s.cache[key] = cachedGrant{g: g, at: time.Now()}
 }
 
 // StorageKey is the storage key of a grant (the user key is hashed).
@@ -71,8 +144,21 @@ func StorageKey(grantKey string) string {
 	return grantPrefix + hex.EncodeToString(h[:])
 }
 
-// Load returns the grant, or (nil, nil) when there is none.
+// Load returns the grant, or (nil, nil) when there is none. The result may
+// come from the cache and is shared: callers must not modify it.
 func (s *GrantStore) Load(ctx context.Context, key string) (*Grant, error) {
+	if g := s.cached(key); g != nil {
+		return g, nil
+	}
+	g, err := s.load(ctx, key)
+	if err == nil && g != nil {
+		s.remember(key, g)
+	}
+	return g, err
+}
+
+// load reads the grant from storage.
+func (s *GrantStore) load(ctx context.Context, key string) (*Grant, error) {
 	b, err := s.st.Load(ctx, StorageKey(key))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -98,7 +184,11 @@ func (s *GrantStore) Save(ctx context.Context, g *Grant) error {
 	if err != nil {
 		return err
 	}
-	return s.st.Store(ctx, StorageKey(g.Key), []byte(s.sealer.Seal(b, "grant:"+g.Key)))
+	if err := s.st.Store(ctx, StorageKey(g.Key), []byte(s.sealer.Seal(b, "grant:"+g.Key))); err != nil {
+		return err
+	}
+	s.remember(g.Key, g) // the caller hands g over: it is read-only from now on
+	return nil
 }
 
 // Update runs fn on the current grant (nil when there is none) under the
@@ -110,7 +200,7 @@ func (s *GrantStore) Update(ctx context.Context, key string, fn func(*Grant) (*G
 		return nil, err
 	}
 	defer s.st.Unlock(context.WithoutCancel(ctx), lock) //nolint:errcheck
-	cur, err := s.Load(ctx, key)
+	cur, err := s.load(ctx, key)                        // never the cache: another instance may have written
 	if err != nil {
 		return nil, err
 	}

@@ -41,9 +41,12 @@ func (o *OIDC) verifyAZAT(ctx context.Context, r *http.Request, p *provider, tok
 			}
 		}
 	}
-	id := newIdentity(g.Claims, o.RolesClaim, unverifiedClaims(g.AccessToken))
-	id.Source = "azat"
-	id.GrantKey = claims.Subject
+	id := g.Memo(func() any {
+		id := newIdentity(g.Claims, o.RolesClaim, unverifiedClaims(g.AccessToken))
+		id.Source = "azat"
+		id.GrantKey = claims.Subject
+		return id
+	}).(*identity)
 	return id, upstreamTokens{access: g.AccessToken, id: g.IDToken}, nil
 }
 
