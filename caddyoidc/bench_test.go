@@ -215,19 +215,19 @@ func benchServe(b *testing.B, set func(*http.Request)) {
 
 // BenchmarkServeHTTPFloor is the request construction alone, to subtract.
 func BenchmarkServeHTTPFloor(b *testing.B) {
+	w := httptest.NewRecorder()
 	b.ReportAllocs()
 	for b.Loop() {
 		r := httptest.NewRequest("GET", "http://127.0.0.1/api", nil)
 		r.Header.Set("Authorization", "Bearer x")
-		_ = nop.ServeHTTP(httptest.NewRecorder(), r)
+		_ = nop.ServeHTTP(w, r)
 	}
 }
 
 func BenchmarkServeHTTPCookie(b *testing.B) {
 	e := benchSetup(b)
-	benchServe(b, func(r *http.Request) {
-		r.AddCookie(&http.Cookie{Name: chunkName(e.o.CookieName, 0), Value: e.cookie})
-	})
+	cookie := chunkName(e.o.CookieName, 0) + "=" + e.cookie
+	benchServe(b, func(r *http.Request) { r.Header.Set("Cookie", cookie) })
 }
 
 func BenchmarkServeHTTPBearer(b *testing.B) {

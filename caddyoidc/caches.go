@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"sync"
 	"time"
+	"unsafe"
 )
 
 // expirySet remembers keys until their expiry, bounded in size: used to
@@ -59,7 +60,10 @@ func newTokenCache(max int) *tokenCache {
 	return &tokenCache{max: max, m: make(map[[32]byte]cachedToken)}
 }
 
-func tokenHash(tok string) [32]byte { return sha256.Sum256([]byte(tok)) }
+// tokenHash hashes a token without copying it (Sum256 only reads).
+func tokenHash(tok string) [32]byte {
+	return sha256.Sum256(unsafe.Slice(unsafe.StringData(tok), len(tok)))
+}
 
 func (c *tokenCache) get(h [32]byte, now time.Time) (*identity, bool) {
 	c.mu.RLock()
