@@ -44,6 +44,13 @@ type Grant struct {
 	memo atomic.Value
 }
 
+// Clone copies the grant (without memo), for changes.
+func (g *Grant) Clone() *Grant {
+	return &Grant{Key: g.Key, AccessToken: g.AccessToken, TokenType: g.TokenType, Expiry: g.Expiry,
+		RefreshToken: g.RefreshToken, IDToken: g.IDToken, Claims: g.Claims, MinJTI: g.MinJTI, MaxJTI: g.MaxJTI,
+		Updated: g.Updated}
+}
+
 // Memo returns the value compute derives from the grant, computing it once
 // per grant object (grants from Load are shared and read-only).
 func (g *Grant) Memo(compute func() any) any {

@@ -62,15 +62,31 @@ func (o *OIDC) refreshGrant(ctx context.Context, p *provider, key string, force 
 			out  *azatauth.Grant
 			gone bool
 		)
+		// A refreshed grant that could not be stored holds the live refresh
+		// token (the provider may have rotated it): it wins over storage.
+		pending := o.rt.pending.get(key)
 		_, err := o.azat.Grants().Update(ctx, key, func(cur *azatauth.Grant) (*azatauth.Grant, error) {
+			if pending != nil {
+				// Tokens from memory, the jti window from storage (mints and
+				// revocations may have happened since).
+				merged := pending.Clone()
+				if cur != nil {
+					merged.MinJTI, merged.MaxJTI = cur.MinJTI, cur.MaxJTI
+				}
+				cur = merged
+			}
 			if !cur.Usable() {
 				gone = true
 				return nil, nil
 			}
 			if !force && !cur.NeedsRefresh(time.Now(), time.Duration(o.RefreshBefore)) {
 				out = cur
+				if pending != nil {
+					return cur, nil // store it now
+				}
 				return nil, nil // another request or instance refreshed it
 			}
+			cur = cur.Clone()
 			ns, err := o.refreshAtIdP(ctx, p, grantSession(cur))
 			if errors.Is(err, errGrantGone) {
 				gone = true
@@ -87,9 +103,18 @@ func (o *OIDC) refreshGrant(ctx context.Context, p *provider, key string, force 
 		if err != nil {
 			if !errors.Is(err, errIdPUnavailable) {
 				count(metrics.storeErrors, "grant")
+				if out != nil {
+					// Refreshed but not stored: keep it, a later request stores it.
+					o.logger.Error("storing the refreshed grant failed; kept in memory", errField(err))
+					o.rt.pending.put(key, out)
+					return out, nil
+				}
 				o.logger.Error("grant store failed during refresh", errField(err))
 			}
 			return nil, errIdPUnavailable
+		}
+		if pending != nil {
+			o.rt.pending.drop(key, pending)
 		}
 		if gone {
 			return nil, errGrantGone

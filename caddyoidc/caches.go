@@ -5,6 +5,8 @@ import (
 	"sync"
 	"time"
 	"unsafe"
+
+	"github.com/caddy-oidc/caddy-oidc/azatauth"
 )
 
 // expirySet remembers keys until their expiry, bounded in size: used to
@@ -124,7 +126,14 @@ func (c *recentRefreshes) get(key string) *session {
 	return e.s
 }
 
-func (c *recentRefreshes) put(key string, s *session) {
+// unpersistedTTL keeps a refreshed session that could not be written to
+// storage: the provider may have rotated the refresh token, so this copy is
+// the only one that still works.
+const unpersistedTTL = 24 * time.Hour
+
+func (c *recentRefreshes) put(key string, s *session) { c.putFor(key, s, recentRefreshTTL) }
+
+func (c *recentRefreshes) putFor(key string, s *session, ttl time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := time.Now()
@@ -133,7 +142,7 @@ func (c *recentRefreshes) put(key string, s *session) {
 			delete(c.m, k)
 		}
 	}
-	c.m[key] = recentEntry{s: s, exp: now.Add(recentRefreshTTL)}
+	c.m[key] = recentEntry{s: s, exp: now.Add(ttl)}
 }
 
 // sessionCache maps a sealed session cookie value to its decoded session, so
@@ -182,4 +191,34 @@ func (c *sessionCache) put(raw string, s *session, exp time.Time) {
 		}
 	}
 	c.m[raw] = cachedSession{s: s, exp: exp}
+}
+
+// pendingGrants holds refreshed grants that could not be written to storage.
+type pendingGrants struct {
+	mu sync.Mutex
+	m  map[string]*azatauth.Grant
+}
+
+func (p *pendingGrants) get(key string) *azatauth.Grant {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.m[key]
+}
+
+func (p *pendingGrants) put(key string, g *azatauth.Grant) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.m == nil {
+		p.m = map[string]*azatauth.Grant{}
+	}
+	p.m[key] = g
+}
+
+// drop forgets key's pending grant if it is still g.
+func (p *pendingGrants) drop(key string, g *azatauth.Grant) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.m[key] == g {
+		delete(p.m, key)
+	}
 }

@@ -169,3 +169,7 @@ func grepDir(t *testing.T, dir, s string) string {
 	})
 	return found
 }
+
+func caddyconfigAdapt(cf string) ([]byte, []caddyconfig.Warning, error) {
+	return caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
+}

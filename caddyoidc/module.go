@@ -458,6 +458,7 @@ type runtime struct {
 	usedStates       *expirySet
 	introspected     *tokenCache
 	sessions         *sessionCache
+	pending          pendingGrants
 	mu               sync.Mutex
 }
 

@@ -51,9 +51,14 @@ func (o *OIDC) refresh(ctx context.Context, p *provider, s *session, force bool)
 		if ns := o.rt.recent.get(key); ns != nil {
 			return ns, nil
 		}
-		ns, err := o.refreshLocked(ctx, p, s)
-		if err == nil {
+		ns, persisted, err := o.refreshLocked(ctx, p, s)
+		switch {
+		case err != nil:
+		case persisted:
 			o.rt.recent.put(key, ns)
+		default:
+			// Kept in memory until a later request manages to store it.
+			o.rt.recent.putFor(key, ns, unpersistedTTL)
 		}
 		return ns, err
 	})
@@ -68,15 +73,18 @@ func (o *OIDC) refresh(ctx context.Context, p *provider, s *session, force bool)
 	}
 }
 
-func (o *OIDC) refreshLocked(ctx context.Context, p *provider, s *session) (*session, error) {
+// refreshLocked refreshes s; with the session store, under the session's
+// storage lock. persisted tells whether the result is in storage.
+func (o *OIDC) refreshLocked(ctx context.Context, p *provider, s *session) (*session, bool, error) {
 	if o.Session != "store" {
-		return o.refreshAtIdP(ctx, p, s)
+		ns, err := o.refreshAtIdP(ctx, p, s)
+		return ns, true, err
 	}
 	lock := sessionKey(s.ID)
 	if err := o.storage.Lock(ctx, lock); err != nil {
 		count(metrics.storeErrors, "lock")
 		o.logger.Error("session store lock failed", errField(err))
-		return nil, errIdPUnavailable
+		return nil, false, errIdPUnavailable
 	}
 	defer func() {
 		if err := o.storage.Unlock(context.WithoutCancel(ctx), lock); err != nil {
@@ -87,29 +95,29 @@ func (o *OIDC) refreshLocked(ctx context.Context, p *provider, s *session) (*ses
 	if err != nil {
 		count(metrics.storeErrors, "load")
 		o.logger.Error("session store load failed", errField(err))
-		return nil, errIdPUnavailable
+		return nil, false, errIdPUnavailable
 	}
 	if cur == nil {
-		return nil, errGrantGone // logged out meanwhile
+		return nil, false, errGrantGone // logged out meanwhile
 	}
 	if cur.AccessToken != s.AccessToken && !cur.needsRefresh(time.Now(), time.Duration(o.RefreshBefore)) {
-		return cur, nil // another instance refreshed
+		return cur, true, nil // another instance refreshed
 	}
 	ns, err := o.refreshAtIdP(ctx, p, cur)
 	if err != nil {
 		if errors.Is(err, errGrantGone) {
 			_ = o.storage.Delete(ctx, sessionKey(s.ID))
 		}
-		return nil, err
+		return nil, false, err
 	}
 	if err := o.storeSession(ctx, ns); err != nil {
-		// The provider may have rotated the refresh token: without the
-		// write, the next refresh would fail. Report it loudly.
+		// The provider may have rotated the refresh token: the new session
+		// is kept in memory and stored by a later request (saveSession).
 		count(metrics.storeErrors, "store")
-		o.logger.Error("storing refreshed session failed", errField(err))
-		return nil, errIdPUnavailable
+		o.logger.Error("storing refreshed session failed; kept in memory", errField(err))
+		return ns, false, nil
 	}
-	return ns, nil
+	return ns, true, nil
 }
 
 // refreshAtIdP spends s's refresh token at the token endpoint and verifies
