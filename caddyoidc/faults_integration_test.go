@@ -85,7 +85,11 @@ func TestStorageFaults(t *testing.T) {
 	loadCaddyfile(t, cf)
 	c := browser()
 	login(t, c, op, site, "/")
-	t.Cleanup(func() { storageFaults.load.Store(false); storageFaults.store.Store(false); storageFaults.lock.Store(false) })
+	t.Cleanup(func() {
+		storageFaults.load.Store(false)
+		storageFaults.store.Store(false)
+		storageFaults.lock.Store(false)
+	})
 
 	steps := []struct {
 		name   string
