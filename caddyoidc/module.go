@@ -459,6 +459,7 @@ type runtime struct {
 	introspected     *tokenCache
 	sessions         *sessionCache
 	pending          pendingGrants
+	codeTries        userCodeTries
 	mu               sync.Mutex
 }
 

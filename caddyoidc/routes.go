@@ -33,6 +33,12 @@ func (o *OIDC) serveRoute(w http.ResponseWriter, r *http.Request, route string, 
 		o.serveUserinfo(w, r, p)
 	case "token":
 		o.serveToken(w, r, p)
+	case "device/code":
+		o.serveDeviceCode(w, r)
+	case "device/token":
+		o.serveDeviceToken(w, r)
+	case "device":
+		o.serveDevice(w, r, p)
 	case "revoke":
 		o.serveRevoke(w, r, p)
 	default:

@@ -1,0 +1,201 @@
+package caddyoidc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/spf13/cobra"
+)
+
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "oidc-login",
+		Usage: "[--print] [--force] [--client-id <name>] [--routes /auth] <site-url>",
+		Short: "Logs in to a site protected by the oidc handler and stores a long-lived token (AZAT)",
+		Long: `
+Runs the device authorization flow (RFC 8628) against a site whose oidc
+handler has an azat block: prints a URL and a code, waits while you approve
+in a browser, then stores the token in your config directory
+(<config dir>/caddy-oidc/tokens.json, mode 0600).
+
+With --print, writes the token to standard output (reusing a stored token that
+is valid for at least another hour unless --force), so that
+
+  curl -H "Authorization: Bearer $(caddy oidc-login --print https://site)" https://site/api
+
+works in scripts. Messages go to standard error.`,
+		CobraFunc: func(cmd *cobra.Command) {
+			cmd.Flags().Bool("print", false, "print the token on standard output")
+			cmd.Flags().Bool("force", false, "log in again even if a valid token is stored")
+			cmd.Flags().String("client-id", "caddy oidc-login", "name shown to the user when approving")
+			cmd.Flags().String("routes", defaultRoutes, "the site's oidc routes prefix")
+			cmd.Args = cobra.ExactArgs(1)
+			cmd.RunE = caddycmd.WrapCommandFuncForCobra(cmdOIDCLogin)
+		},
+	})
+}
+
+func cmdOIDCLogin(fl caddycmd.Flags) (int, error) {
+	site := strings.TrimSuffix(fl.Arg(0), "/")
+	if u, err := url.Parse(site); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return caddy.ExitCodeFailedStartup, fmt.Errorf("%q is not an http(s) site URL", fl.Arg(0))
+	}
+	store, err := tokenStorePath()
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	if fl.Bool("print") && !fl.Bool("force") {
+		if t, ok := loadStoredToken(store, site); ok && time.Until(time.Unix(t.ExpiresAt, 0)) > time.Hour {
+			fmt.Println(t.Token)
+			return caddy.ExitCodeSuccess, nil
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	client := &http.Client{Timeout: 30 * time.Second}
+	t, err := deviceLogin(ctx, client, site+"/"+strings.Trim(fl.String("routes"), "/"), fl.String("client-id"), os.Stderr, nil)
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	if err := saveToken(store, site, t); err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	fmt.Fprintf(os.Stderr, "Logged in; token stored in %s (valid until %s).\n", store, time.Unix(t.ExpiresAt, 0).Format(time.RFC1123))
+	if fl.Bool("print") {
+		fmt.Println(t.Token)
+	}
+	return caddy.ExitCodeSuccess, nil
+}
+
+// storedToken is one site's token in the CLI's token file.
+type storedToken struct {
+	Token     string `json:"token"`
+	ExpiresAt int64  `json:"expires_at"`
+}
+
+func tokenStorePath() (string, error) {
+	dir, err := os.UserConfigDir()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, "caddy-oidc", "tokens.json"), nil
+}
+
+func loadStoredToken(path, site string) (storedToken, bool) {
+	all := map[string]storedToken{}
+	b, err := os.ReadFile(path)
+	if err != nil || json.Unmarshal(b, &all) != nil {
+		return storedToken{}, false
+	}
+	t, ok := all[site]
+	return t, ok && t.Token != ""
+}
+
+// saveToken writes the site's token into the 0600 token file.
+func saveToken(path, site string, t storedToken) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	all := map[string]storedToken{}
+	if b, err := os.ReadFile(path); err == nil {
+		_ = json.Unmarshal(b, &all)
+	}
+	all[site] = t
+	b, _ := json.MarshalIndent(all, "", "  ")
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// deviceLogin runs the RFC 8628 client side against routes (site + prefix).
+// sleep, when nil, is time.Sleep bounded by ctx.
+func deviceLogin(ctx context.Context, client *http.Client, routes, clientID string, out io.Writer, sleep func(time.Duration)) (storedToken, error) {
+	if sleep == nil {
+		sleep = func(d time.Duration) {
+			select {
+			case <-ctx.Done():
+			case <-time.After(d):
+			}
+		}
+	}
+	var start struct {
+		DeviceCode              string `json:"device_code"`
+		UserCode                string `json:"user_code"`
+		VerificationURI         string `json:"verification_uri"`
+		VerificationURIComplete string `json:"verification_uri_complete"`
+		ExpiresIn               int    `json:"expires_in"`
+		Interval                int    `json:"interval"`
+	}
+	status, err := postForm(ctx, client, routes+"/device/code", url.Values{"client_id": {clientID}}, &start)
+	if err != nil {
+		return storedToken{}, err
+	}
+	if status != http.StatusOK || start.DeviceCode == "" {
+		return storedToken{}, fmt.Errorf("the site refused the device login (status %d): does its oidc block have azat?", status)
+	}
+	fmt.Fprintf(out, "To log in, open %s\nand enter the code %s\n(or open %s)\n", start.VerificationURI, start.UserCode, start.VerificationURIComplete)
+	interval := time.Duration(max(start.Interval, 1)) * time.Second
+	deadline := time.Now().Add(time.Duration(start.ExpiresIn) * time.Second)
+	for time.Now().Before(deadline) {
+		sleep(interval)
+		if ctx.Err() != nil {
+			return storedToken{}, ctx.Err()
+		}
+		var res struct {
+			AccessToken string `json:"access_token"`
+			ExpiresAt   int64  `json:"expires_at"`
+			Error       string `json:"error"`
+			Description string `json:"error_description"`
+		}
+		status, err := postForm(ctx, client, routes+"/device/token", url.Values{
+			"grant_type": {deviceGrantType}, "device_code": {start.DeviceCode}, "client_id": {clientID}}, &res)
+		if err != nil {
+			fmt.Fprintf(out, "polling failed (%v); retrying\n", err)
+			continue
+		}
+		switch {
+		case status == http.StatusOK && res.AccessToken != "":
+			return storedToken{Token: res.AccessToken, ExpiresAt: res.ExpiresAt}, nil
+		case res.Error == "authorization_pending":
+		case res.Error == "slow_down":
+			interval += 5 * time.Second
+		case status >= 500:
+			fmt.Fprintf(out, "the site answered %d; retrying\n", status)
+		default:
+			return storedToken{}, fmt.Errorf("device login failed: %s %s", res.Error, res.Description)
+		}
+	}
+	return storedToken{}, errors.New("device login failed: expired_token (the code expired before approval)")
+}
+
+func postForm(ctx context.Context, client *http.Client, u string, form url.Values, v any) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, strings.NewReader(form.Encode()))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(v); err != nil {
+		return resp.StatusCode, fmt.Errorf("status %d, unreadable answer: %v", resp.StatusCode, err)
+	}
+	return resp.StatusCode, nil
+}
