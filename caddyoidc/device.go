@@ -33,7 +33,7 @@ const (
 	// userCodeAlphabet has no vowels (no words) and no look-alikes.
 	userCodeAlphabet = "BCDFGHJKLMNPQRSTVWXZ"
 	// maxUserCodeTries bounds wrong user codes per session and window.
-	maxUserCodeTries = 10
+	maxUserCodeTries  = 10
 	userCodeTryWindow = 10 * time.Minute
 )
 
