@@ -55,6 +55,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		strip_cookies    on|off
 //		tokeninfo        <url>
 //		verify_client_secret
+//		backchannel_revoke_azat
 //		azat {
 //			...          see azatauth.Config.UnmarshalCaddyfile
 //		}
@@ -201,6 +202,8 @@ func (o *OIDC) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			o.UserinfoFetch, err = onOff()
 		case "strip_cookies":
 			o.StripCookies, err = onOff()
+		case "backchannel_revoke_azat":
+			err = flag(&o.BackchannelRevokeAZAT)
 		case "verify_client_secret":
 			err = flag(&o.VerifyClientSecret)
 		case "tokeninfo":

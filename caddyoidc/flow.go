@@ -227,6 +227,9 @@ func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider
 		o.callbackError(w, r, http.StatusServiceUnavailable, "the session could not be saved", err)
 		return
 	}
+	if o.Session == "store" {
+		o.indexSession(context.WithoutCancel(r.Context()), s)
+	}
 	count(metrics.callbacks, "success")
 	o.logger.Info("login", zap.String("sub", s.Identity.Subject), zap.Bool("refreshable", s.refreshable()))
 	w.Header().Set("Cache-Control", "no-store")

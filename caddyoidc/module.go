@@ -178,6 +178,10 @@ type OIDC struct {
 	// secret). An unreachable provider does not fail start-up.
 	VerifyClientSecret bool `json:"verify_client_secret,omitempty"`
 
+	// BackchannelRevokeAZAT makes a back-channel logout naming a user (sub)
+	// also revoke that user's AZATs and drop their stored refresh token.
+	BackchannelRevokeAZAT bool `json:"backchannel_revoke_azat,omitempty"`
+
 	// TokeninfoEndpoint verifies opaque bearer tokens of providers without
 	// RFC 7662 introspection (Google: https://oauth2.googleapis.com/tokeninfo).
 	// The token's `aud` or `azp` must equal the client ID.
@@ -339,6 +343,9 @@ func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.S
 	o.cancel = cancel
 	rt.disc = newDiscoverer(rt.issuer, rt.clientID, rt.httpClient, o.logger)
 	go rt.disc.run(dctx)
+	if o.Session == "cookie" {
+		go o.watchRevocations(dctx)
+	}
 	return nil
 }
 
@@ -460,6 +467,7 @@ type runtime struct {
 	sessions         *sessionCache
 	pending          pendingGrants
 	codeTries        userCodeTries
+	revoked          revocations
 	mu               sync.Mutex
 }
 

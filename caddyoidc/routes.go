@@ -39,6 +39,8 @@ func (o *OIDC) serveRoute(w http.ResponseWriter, r *http.Request, route string, 
 		o.serveDeviceToken(w, r)
 	case "device":
 		o.serveDevice(w, r, p)
+	case "backchannel-logout":
+		o.serveBackchannelLogout(w, r, p)
 	case "revoke":
 		o.serveRevoke(w, r, p)
 	default:

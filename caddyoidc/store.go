@@ -46,6 +46,9 @@ func (o *OIDC) loadSession(r *http.Request) (*session, error) {
 	if time.Since(time.Unix(s.Created, 0)) > time.Duration(o.SessionLifetime) {
 		return nil, nil
 	}
+	if o.Session != "store" && o.rt.revoked.revoked(s) {
+		return nil, nil // ended by a back-channel logout
+	}
 	return s, nil
 }
 

@@ -1,0 +1,279 @@
+package caddyoidc
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// OpenID Connect Back-Channel Logout 1.0: the provider POSTs a logout token
+// naming a provider session (sid) and/or a user (sub); every matching session
+// ends, on every instance that shares the storage.
+//
+// With `session store`, sessions are indexed by sid and sub in storage and
+// the matching records are deleted. With cookie sessions (nothing to delete
+// server-side) a revocation is written to storage and every instance reloads
+// the revocations every revocationReload.
+
+const (
+	indexPrefix      = "caddy-oidc/index/"
+	revokedPrefix    = "caddy-oidc/revoked/"
+	revocationReload = 5 * time.Second
+)
+
+func hashKey(parts ...string) string {
+	h := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
+	return hex.EncodeToString(h[:16])
+}
+
+func sidIndex(iss, sid string) string { return indexPrefix + "sid/" + hashKey(iss, sid) }
+func subIndex(iss, sub string) string { return indexPrefix + "sub/" + hashKey(iss, sub) }
+
+// indexSession records a stored session under its provider sid and its sub.
+func (o *OIDC) indexSession(ctx context.Context, s *session) {
+	entry := hashKey(s.ID)
+	val := []byte(s.ID)
+	sealed := []byte(o.rt.sealer.Seal(val, "session-index"))
+	if s.ProviderSID != "" {
+		_ = o.storage.Store(ctx, sidIndex(s.Identity.Issuer, s.ProviderSID)+"/"+entry, sealed)
+	}
+	_ = o.storage.Store(ctx, subIndex(s.Identity.Issuer, s.Identity.Subject)+"/"+entry, sealed)
+}
+
+// endIndexed deletes every stored session listed under index.
+func (o *OIDC) endIndexed(ctx context.Context, index string) (int, error) {
+	keys, err := o.storage.List(ctx, index, false)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, k := range keys {
+		b, err := o.storage.Load(ctx, k)
+		if err != nil {
+			continue
+		}
+		id, err := o.rt.sealer.Open(string(b), "session-index")
+		if err == nil {
+			if err := o.storage.Delete(ctx, sessionKey(string(id))); err == nil {
+				n++
+			}
+		}
+		_ = o.storage.Delete(ctx, k)
+	}
+	return n, nil
+}
+
+// revocation ends cookie sessions: those of a provider sid, or every
+// session of a sub created before At.
+type revocation struct {
+	Kind  string `json:"kind"` // sid or sub
+	Key   string `json:"key"`  // hashKey(iss, sid|sub)
+	At    int64  `json:"at"`
+	Until int64  `json:"until"` // when every affected session has expired
+}
+
+// revocations is the in-memory copy of the stored revocations.
+type revocations struct {
+	mu   sync.RWMutex
+	sids map[string]int64 // key -> until
+	subs map[string]int64 // key -> at
+}
+
+func (rv *revocations) set(list []revocation) {
+	sids, subs := map[string]int64{}, map[string]int64{}
+	for _, r := range list {
+		if r.Kind == "sid" {
+			sids[r.Key] = r.Until
+		} else if r.At > subs[r.Key] {
+			subs[r.Key] = r.At
+		}
+	}
+	rv.mu.Lock()
+	rv.sids, rv.subs = sids, subs
+	rv.mu.Unlock()
+}
+
+func (rv *revocations) add(r revocation) {
+	rv.mu.Lock()
+	defer rv.mu.Unlock()
+	if rv.sids == nil {
+		rv.sids, rv.subs = map[string]int64{}, map[string]int64{}
+	}
+	if r.Kind == "sid" {
+		rv.sids[r.Key] = r.Until
+	} else if r.At > rv.subs[r.Key] {
+		rv.subs[r.Key] = r.At
+	}
+}
+
+// revoked tells whether a cookie session was ended by a back-channel logout.
+func (rv *revocations) revoked(s *session) bool {
+	rv.mu.RLock()
+	defer rv.mu.RUnlock()
+	if len(rv.sids) == 0 && len(rv.subs) == 0 {
+		return false
+	}
+	if s.ProviderSID != "" {
+		if _, ok := rv.sids[hashKey(s.Identity.Issuer, s.ProviderSID)]; ok {
+			return true
+		}
+	}
+	at, ok := rv.subs[hashKey(s.Identity.Issuer, s.Identity.Subject)]
+	return ok && s.Created <= at
+}
+
+// loadRevocations reads the stored revocations, dropping expired ones.
+func (o *OIDC) loadRevocations(ctx context.Context) error {
+	keys, err := o.storage.List(ctx, strings.TrimSuffix(revokedPrefix, "/"), false)
+	if errors.Is(err, fs.ErrNotExist) {
+		o.rt.revoked.set(nil)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	now := time.Now().Unix()
+	var list []revocation
+	for _, k := range keys {
+		b, err := o.storage.Load(ctx, k)
+		if err != nil {
+			continue
+		}
+		var r revocation
+		if json.Unmarshal(b, &r) != nil {
+			continue
+		}
+		if r.Until < now {
+			_ = o.storage.Delete(ctx, k)
+			continue
+		}
+		list = append(list, r)
+	}
+	o.rt.revoked.set(list)
+	return nil
+}
+
+// watchRevocations reloads revocations until ctx ends.
+func (o *OIDC) watchRevocations(ctx context.Context) {
+	t := time.NewTicker(revocationReload)
+	defer t.Stop()
+	for {
+		if err := o.loadRevocations(ctx); err != nil {
+			o.logger.Warn("loading back-channel logout revocations failed", errField(err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// serveBackchannelLogout validates a logout token and ends the sessions it
+// names. Any invalid token gets 400 and ends nothing.
+func (o *OIDC) serveBackchannelLogout(w http.ResponseWriter, r *http.Request, p *provider) {
+	w.Header().Set("Cache-Control", "no-store")
+	bad := func(desc string, err error) {
+		fields := []zap.Field{zap.String("reason", desc), zap.String("remote", r.RemoteAddr)}
+		if err != nil {
+			fields = append(fields, errField(err))
+		}
+		o.logger.Warn("back-channel logout rejected", fields...)
+		writeJSON(w, http.StatusBadRequest, oauthError{Error: "invalid_request", ErrorDescription: desc})
+	}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		writeJSON(w, http.StatusMethodNotAllowed, oauthError{Error: "invalid_request", ErrorDescription: "POST"})
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+	raw := r.PostFormValue("logout_token")
+	if raw == "" {
+		bad("missing logout_token", nil)
+		return
+	}
+	lt, err := p.idTokens.VerifyLogout(r.Context(), raw)
+	if err != nil {
+		bad("invalid logout token", err)
+		return
+	}
+	var extra struct {
+		IAT    *float64                  `json:"iat"`
+		Events map[string]map[string]any `json:"events"`
+	}
+	if err := lt.Claims(&extra); err != nil || extra.IAT == nil {
+		bad("logout token without iat", err)
+		return
+	}
+	if _, ok := extra.Events["http://schemas.openid.net/event/backchannel-logout"]; !ok {
+		bad("logout token without the back-channel logout event", nil)
+		return
+	}
+	if time.Unix(int64(*extra.IAT), 0).After(time.Now().Add(maxClockSkew)) {
+		bad("logout token issued in the future", nil)
+		return
+	}
+	if !o.rt.usedStates.add("logout\x00"+lt.TokenID, lt.Expiry) {
+		bad("logout token replayed", nil)
+		return
+	}
+	ctx := context.WithoutCancel(r.Context())
+	iss := lt.Issuer
+	ended := 0
+	if o.Session == "store" {
+		for _, idx := range indexesFor(iss, lt.SessionID, lt.Subject) {
+			n, err := o.endIndexed(ctx, idx)
+			if err != nil {
+				o.logger.Error("back-channel logout: storage", errField(err))
+				writeJSON(w, http.StatusServiceUnavailable, oauthError{Error: "temporarily_unavailable"})
+				return
+			}
+			ended += n
+		}
+	} else {
+		until := time.Now().Add(time.Duration(o.SessionLifetime)).Unix()
+		var revs []revocation
+		if lt.SessionID != "" {
+			revs = append(revs, revocation{Kind: "sid", Key: hashKey(iss, lt.SessionID), At: time.Now().Unix(), Until: until})
+		} else {
+			revs = append(revs, revocation{Kind: "sub", Key: hashKey(iss, lt.Subject), At: time.Now().Unix(), Until: until})
+		}
+		for _, rv := range revs {
+			b, _ := json.Marshal(rv)
+			if err := o.storage.Store(ctx, revokedPrefix+rv.Kind+"-"+rv.Key, b); err != nil {
+				o.logger.Error("back-channel logout: storage", errField(err))
+				writeJSON(w, http.StatusServiceUnavailable, oauthError{Error: "temporarily_unavailable"})
+				return
+			}
+			o.rt.revoked.add(rv)
+		}
+	}
+	if o.BackchannelRevokeAZAT && o.azat != nil && lt.Subject != "" {
+		if err := o.azat.Grants().Forget(ctx, iss+"#"+lt.Subject); err != nil {
+			o.logger.Error("back-channel logout: revoking AZATs failed", errField(err))
+		}
+	}
+	o.logger.Info("back-channel logout", zap.String("sub", lt.Subject), zap.Bool("sid", lt.SessionID != ""), zap.Int("stored_sessions_ended", ended))
+	w.WriteHeader(http.StatusOK)
+}
+
+// indexesFor lists the session indexes a logout token names: its sid when
+// present (that provider session only), else its sub (all of the user's).
+func indexesFor(iss, sid, sub string) []string {
+	if sid != "" {
+		return []string{sidIndex(iss, sid)}
+	}
+	return []string{subIndex(iss, sub)}
+}
