@@ -141,3 +141,45 @@ func waitLocation(t *testing.T, ctx context.Context, prefix string) {
 	}
 	t.Fatalf("browser at %q, want %s...", loc, prefix)
 }
+
+// TestBrowserDeviceApproval: a CLI's device code approved in headless
+// Chromium (login through the provider's form on the way).
+func TestBrowserDeviceApproval(t *testing.T) {
+	ctx := headless(t)
+	op := startOP(t, testop.Options{})
+	up := newUpstream(t)
+	site := startCaddy(t, oidcBlock(op, "azat"), up, "")
+	d := startDevice(t, site.URL)
+
+	var shown, msg string
+	err := chromedp.Run(ctx,
+		chromedp.Navigate(d.VerificationURIComplete),
+		chromedp.WaitVisible(`#password`, chromedp.ByID),
+		chromedp.SetValue(`#password`, testop.Password, chromedp.ByID),
+		chromedp.Click(`button[type=submit]`, chromedp.ByQuery),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitLocation(t, ctx, site.URL+"/auth/device")
+	err = chromedp.Run(ctx,
+		chromedp.WaitVisible(`#approve`, chromedp.ByID),
+		chromedp.Text(`#code`, &shown, chromedp.ByID),
+		chromedp.Click(`#approve`, chromedp.ByID),
+		chromedp.WaitVisible(`#message`, chromedp.ByID),
+		chromedp.Text(`#message`, &msg, chromedp.ByID),
+	)
+	if err != nil {
+		t.Fatalf("approving in the browser: %v", err)
+	}
+	if shown != d.UserCode || !strings.Contains(msg, "Approved") {
+		t.Fatalf("page showed code %q, message %q", shown, msg)
+	}
+	s, m := pollDevice(t, site.URL, d.DeviceCode)
+	if s != 200 || m["access_token"] == nil {
+		t.Fatalf("token after browser approval: %d %v", s, m)
+	}
+	if resp := get(t, browser(), site.URL+"/api", "Authorization", "Bearer "+m["access_token"].(string)); resp.StatusCode != 200 {
+		t.Fatalf("AZAT: %d", resp.StatusCode)
+	}
+}
