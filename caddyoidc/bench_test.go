@@ -2,9 +2,15 @@ package caddyoidc
 
 import (
 	"context"
+	"fmt"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
+	"path/filepath"
+	goruntime "runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -24,6 +30,7 @@ import (
 // benchEnv is a provisioned handler against the real test OP, with a
 // session cookie, a bearer JWT and an AZAT for the same user.
 type benchEnv struct {
+	op     *testop.OP
 	o      *OIDC
 	p      *provider
 	cookie string // sealed session cookie value
@@ -81,7 +88,7 @@ func newBenchEnv() (*benchEnv, error) {
 	s := &session{ID: seal.RandomString(32), AccessToken: cc.AccessToken, TokenType: "Bearer",
 		RefreshToken: seal.RandomString(32), IDToken: cc.AccessToken, Expiry: now.Add(time.Hour).Unix(),
 		Created: now.Unix(), Identity: newIdentity(claims, o.RolesClaim, nil)}
-	env := &benchEnv{o: o, p: p, bearer: cc.AccessToken,
+	env := &benchEnv{op: op, o: o, p: p, bearer: cc.AccessToken,
 		cookie: o.rt.sealer.Seal(encodeSession(s), o.sessionPurpose())}
 	key := grantKey(user)
 	if err := o.azat.Grants().Put(ctx, &azatauth.Grant{Key: key, AccessToken: cc.AccessToken,
@@ -250,3 +257,118 @@ type errorString string
 func (e errorString) Error() string { return string(e) }
 
 func makeTempDir() (string, error) { return os.MkdirTemp("", "caddy-oidc-bench-") }
+
+// BenchmarkRefreshStorm: 200 concurrent AZAT requests for one user whose
+// provider token is stale, against a provider answering refreshes in 50 ms.
+// Reports the provider calls per storm (must be 1), the provider latency
+// and the p50/p99 of the 200 requests.
+func BenchmarkRefreshStorm(b *testing.B) {
+	e := benchSetup(b)
+	ctx := context.Background()
+	const n = 200
+	e.op.SetTokenDelay(50 * time.Millisecond)
+	defer e.op.SetTokenDelay(0)
+	var lat []time.Duration
+	var calls int64
+	for b.Loop() {
+		b.StopTimer()
+		// Make the grant stale: log in afresh so a refresh token exists.
+		if err := staleGrant(ctx, e); err != nil {
+			b.Fatal(err)
+		}
+		before := e.op.TokenCalls("refresh_token")
+		b.StartTimer()
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		for range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := httptest.NewRequest("GET", "http://proxy.example/api", nil)
+				r.Header.Set("Authorization", "Bearer "+e.azat)
+				w := httptest.NewRecorder()
+				start := time.Now()
+				_ = e.o.ServeHTTP(w, r, nop)
+				d := time.Since(start)
+				if w.Code != 200 || r.Header.Get(headerUser) == "" {
+					b.Errorf("storm request: %d %s", w.Code, w.Body.String())
+				}
+				mu.Lock()
+				lat = append(lat, d)
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+		b.StopTimer()
+		calls += e.op.TokenCalls("refresh_token") - before
+		b.StartTimer()
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(calls)/float64(b.N), "idp-calls/storm")
+	b.ReportMetric(50, "idp-ms")
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+}
+
+// staleGrant replaces the user's grant with one whose provider access token
+// has expired, with a fresh refresh token from a real login.
+func staleGrant(ctx context.Context, e *benchEnv) error {
+	cfg := e.op.OAuth2Config(testop.WebClientID, testop.WebClientSecret, "http://127.0.0.1:1/cb")
+	cb, err := e.op.LoginAndGetCallback(ctx, cfg.AuthCodeURL("state-0123456789abcdef"))
+	if err != nil {
+		return err
+	}
+	u, _ := url.Parse(cb)
+	tok, err := cfg.Exchange(ctx, u.Query().Get("code"))
+	if err != nil {
+		return err
+	}
+	claims, _, err := e.o.verifyJWTAccessToken(ctx, e.p, e.bearer)
+	if err != nil {
+		return err
+	}
+	return e.o.azat.Grants().Put(ctx, &azatauth.Grant{Key: grantKey(claims), AccessToken: tok.AccessToken,
+		Expiry: time.Now().Add(-time.Minute).Unix(), RefreshToken: tok.RefreshToken,
+		Claims: map[string]any{"iss": e.op.Issuer, "sub": testop.UserID}})
+}
+
+// BenchmarkGrantFootprint stores b.N grants and reports their size in
+// storage (file system) and in memory (the grant cache).
+func BenchmarkGrantFootprint(b *testing.B) {
+	dir := b.TempDir()
+	sealer, _ := seal.New([]byte(strings.Repeat("g", 32)), "azat-grants")
+	gs := azatauth.NewGrantStore(&certmagic.FileStorage{Path: dir}, sealer).WithCache(time.Hour)
+	ctx := context.Background()
+	claims := map[string]any{"iss": "https://idp.example.com", "sub": "248289761001", "email": "jane@example.com",
+		"name": "Jane Doe", "preferred_username": "jane", "groups": []any{"admin", "users"}, "email_verified": true}
+	tok := strings.Repeat("a", 900) // a typical JWT access token
+	var before, after goruntime.MemStats
+	goruntime.GC()
+	goruntime.ReadMemStats(&before)
+	n := 0
+	for b.Loop() {
+		g := &azatauth.Grant{Key: fmt.Sprintf("https://idp.example.com#user-%d", n), AccessToken: tok, TokenType: "Bearer",
+			Expiry: time.Now().Add(time.Hour).Unix(), RefreshToken: strings.Repeat("r", 200), IDToken: tok, Claims: claims}
+		if err := gs.Put(ctx, g); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := gs.Load(ctx, g.Key); err != nil {
+			b.Fatal(err)
+		}
+		n++
+	}
+	b.StopTimer()
+	goruntime.GC()
+	goruntime.ReadMemStats(&after)
+	var disk int64
+	_ = filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			if fi, err := d.Info(); err == nil {
+				disk += fi.Size()
+			}
+		}
+		return nil
+	})
+	b.ReportMetric(float64(disk)/float64(n), "storage-B/grant")
+	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(n), "ram-B/grant")
+}
