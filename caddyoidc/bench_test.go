@@ -341,14 +341,15 @@ func BenchmarkGrantFootprint(b *testing.B) {
 	ctx := context.Background()
 	claims := map[string]any{"iss": "https://idp.example.com", "sub": "248289761001", "email": "jane@example.com",
 		"name": "Jane Doe", "preferred_username": "jane", "groups": []any{"admin", "users"}, "email_verified": true}
-	tok := strings.Repeat("a", 900) // a typical JWT access token
 	var before, after goruntime.MemStats
 	goruntime.GC()
 	goruntime.ReadMemStats(&before)
 	n := 0
 	for b.Loop() {
-		g := &azatauth.Grant{Key: fmt.Sprintf("https://idp.example.com#user-%d", n), AccessToken: tok, TokenType: "Bearer",
-			Expiry: time.Now().Add(time.Hour).Unix(), RefreshToken: strings.Repeat("r", 200), IDToken: tok, Claims: claims}
+		// Typical sizes: 900-byte JWT access and ID tokens, 200-byte refresh token.
+		g := &azatauth.Grant{Key: fmt.Sprintf("https://idp.example.com#user-%d", n),
+			AccessToken: strings.Repeat("a", 900), TokenType: "Bearer", Expiry: time.Now().Add(time.Hour).Unix(),
+			RefreshToken: strings.Repeat("r", 200), IDToken: strings.Repeat("i", 900), Claims: claims}
 		if err := gs.Put(ctx, g); err != nil {
 			b.Fatal(err)
 		}
