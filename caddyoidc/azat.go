@@ -29,7 +29,7 @@ func (o *OIDC) verifyAZAT(ctx context.Context, r *http.Request, p *provider, tok
 	}
 	now := time.Now()
 	if g.NeedsRefresh(now, time.Duration(o.RefreshBefore)) {
-		ng, err := o.refreshGrant(ctx, p, claims.Subject, false)
+		ng, err := o.refreshGrant(ctx, p, claims.Subject, g.AccessToken, false)
 		switch {
 		case err == nil:
 			g = ng
@@ -54,7 +54,12 @@ func (o *OIDC) verifyAZAT(ctx context.Context, r *http.Request, p *provider, tok
 // per grant however many requests arrive (singleflight in this process, the
 // grant's storage lock across instances, and a re-read of the grant once the
 // lock is held, since another instance may just have refreshed it).
-func (o *OIDC) refreshGrant(ctx context.Context, p *provider, key string, force bool) (*azatauth.Grant, error) {
+//
+// stale is the access token the caller found stale: once the lock is held, a
+// different, unexpired token in the grant was refreshed meanwhile (perhaps
+// by another instance, while this one waited for the lock) and is used as
+// is, even if it too is close to its expiry.
+func (o *OIDC) refreshGrant(ctx context.Context, p *provider, key, stale string, force bool) (*azatauth.Grant, error) {
 	ch := o.rt.refreshes.DoChan("grant\x00"+key, func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Duration(o.IdPTimeout)+5*time.Second)
 		defer cancel()
@@ -79,7 +84,10 @@ func (o *OIDC) refreshGrant(ctx context.Context, p *provider, key string, force 
 				gone = true
 				return nil, nil
 			}
-			if !force && !cur.NeedsRefresh(time.Now(), time.Duration(o.RefreshBefore)) {
+			now := time.Now()
+			refreshedMeanwhile := stale != "" && cur.AccessToken != "" && cur.AccessToken != stale &&
+				(cur.Expiry == 0 || now.Unix() < cur.Expiry)
+			if refreshedMeanwhile || (!force && !cur.NeedsRefresh(now, time.Duration(o.RefreshBefore))) {
 				out = cur
 				if pending != nil {
 					return cur, nil // store it now
@@ -151,7 +159,7 @@ func (o *OIDC) storeGrant(ctx context.Context, s *session) error {
 
 // sessionFromGrant refreshes a grant-backed session through its grant.
 func (o *OIDC) sessionFromGrant(ctx context.Context, p *provider, s *session, force bool) (*session, error) {
-	g, err := o.refreshGrant(ctx, p, s.GrantKey, force)
+	g, err := o.refreshGrant(ctx, p, s.GrantKey, s.AccessToken, force)
 	if err != nil {
 		return nil, err
 	}

@@ -100,8 +100,8 @@ func (o *OIDC) refreshLocked(ctx context.Context, p *provider, s *session) (*ses
 	if cur == nil {
 		return nil, false, errGrantGone // logged out meanwhile
 	}
-	if cur.AccessToken != s.AccessToken && !cur.needsRefresh(time.Now(), time.Duration(o.RefreshBefore)) {
-		return cur, true, nil // another instance refreshed
+	if cur.AccessToken != s.AccessToken && cur.usable(time.Now()) {
+		return cur, true, nil // another instance refreshed meanwhile
 	}
 	ns, err := o.refreshAtIdP(ctx, p, cur)
 	if err != nil {
