@@ -51,6 +51,8 @@ func NewKMSClient(ctx context.Context, region, endpoint string) (*kms.Client, er
 		return nil, err
 	}
 	return kms.NewFromConfig(cfg, func(o *kms.Options) {
+		// Fail fast: a request that needs a signature waits for it.
+		o.RetryMaxAttempts = 2
 		if endpoint != "" {
 			o.BaseEndpoint = aws.String(endpoint)
 		}
