@@ -1,0 +1,422 @@
+#!/usr/bin/env bash
+# bench/run.sh: load benchmark of the oidc handler behind Caddy's reverse_proxy.
+#
+# usage: bench/run.sh            (from anywhere; ~2.5 minutes with the defaults)
+#
+# Builds ./caddy when needed (./xcaddy.sh build --with-redis), bench/upstream
+# (200 "ok" to everything) and bench/op (internal/testop's OpenID Provider,
+# which also logs in through Caddy and writes the credentials), starts Caddy
+# with four sites on loopback, all reverse_proxy to the same upstream:
+#
+#   plain   no authentication
+#   cookie  oidc, sealed cookie session (Cookie header)
+#   bearer  the same oidc config, a provider JWT access token (Authorization)
+#   azat    oidc { ... azat }, an AZAT minted by /auth/token (Authorization)
+#
+# then runs wrk against each, ROUNDS times interleaved (plain, cookie, bearer,
+# azat, plain, ...), and prints a Markdown table of the medians over the
+# rounds: req/s, p50, p99, and req/s relative to plain. Everything it starts is
+# stopped on exit; no traffic leaves 127.0.0.1.
+#
+# Environment:
+#   DURATION=10s      length of each measured wrk run
+#   ROUNDS=3          measured runs per scenario (interleaved)
+#   WARMUP=2s         one unmeasured run per scenario first ("0" skips it)
+#   THREADS=2 CONNS=32  wrk -t / -c
+#   SCENARIOS="plain cookie bearer azat"  which ones (plain is needed for the
+#                     ratio); also plain-cookie, plain-bearer, plain-azat: the
+#                     plain site sent the same header as cookie/bearer/azat
+#                     (ignored there), to tell the cost of the bigger request
+#                     from the cost of the oidc handler
+#   PORT_BASE=18180   sites on +1..+4, upstream +10, admin +18, OP +19
+#   PROFILE="cookie"  after the measured rounds, enable Caddy's admin endpoint
+#                     (127.0.0.1:PORT_BASE+18) and, for each listed scenario,
+#                     take a CPU profile (PROFILE_SECONDS=10) while wrk runs;
+#                     prints `go tool pprof -top` and keeps the profiles in
+#                     bench/out/. The admin endpoint is off otherwise.
+#   QUIET_WAIT=60     before measuring, wait up to this many seconds for the
+#                     rest of the machine to be quiet (< QUIET_MAX=10 % CPU
+#                     over 2 s); other builds and tests running alongside
+#                     skew the numbers (each round reports how much CPU the
+#                     processes it did not start used)
+#   KEEP=1            keep the work dir (Caddyfile, logs, raw wrk output)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+WARMUP=${WARMUP:-2s}
+THREADS=${THREADS:-2}
+CONNS=${CONNS:-32}
+SCENARIOS=${SCENARIOS:-plain cookie bearer azat}
+PORT_BASE=${PORT_BASE:-18180}
+PROFILE=${PROFILE:-}
+PROFILE_SECONDS=${PROFILE_SECONDS:-10}
+KEEP=${KEEP:-}
+QUIET_WAIT=${QUIET_WAIT:-60}
+QUIET_MAX=${QUIET_MAX:-10}
+
+P_PLAIN=$((PORT_BASE + 1))
+P_COOKIE=$((PORT_BASE + 2))
+P_BEARER=$((PORT_BASE + 3))
+P_AZAT=$((PORT_BASE + 4))
+P_UPSTREAM=$((PORT_BASE + 10))
+P_ADMIN=$((PORT_BASE + 18))
+P_OP=$((PORT_BASE + 19))
+HOST=127.0.0.1
+
+die() {
+	echo "bench/run.sh: $*" >&2
+	exit 1
+}
+say() { echo "bench/run.sh: $*" >&2; }
+
+port_of() {
+	case $1 in
+	plain | plain-cookie | plain-bearer | plain-azat) echo "$P_PLAIN" ;;
+	cookie) echo "$P_COOKIE" ;;
+	bearer) echo "$P_BEARER" ;;
+	azat) echo "$P_AZAT" ;;
+	*) die "unknown scenario $1" ;;
+	esac
+}
+for s in $SCENARIOS; do port_of "$s" >/dev/null; done
+[[ " $SCENARIOS " == *" plain "* ]] || die "SCENARIOS must include plain (the ratio's reference)"
+
+command -v go >/dev/null || die "Go is needed"
+command -v curl >/dev/null || die "curl is needed"
+if ! command -v wrk >/dev/null; then
+	if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+		say "installing wrk (Debian package)"
+		apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }
+	fi
+	command -v wrk >/dev/null || die "wrk is needed (apt-get install -y wrk)"
+fi
+
+port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+for p in "$P_PLAIN" "$P_COOKIE" "$P_BEARER" "$P_AZAT" "$P_UPSTREAM" "$P_OP" "$P_ADMIN"; do
+	port_busy "$p" && die "$HOST:$p is already in use (set PORT_BASE=...)"
+done
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/caddy-oidc-bench.XXXXXX")
+PIDS=()
+cleanup() {
+	local rc=$?
+	local p
+	for p in "${PIDS[@]}"; do
+		kill "$p" 2>/dev/null || true
+	done
+	for _ in $(seq 1 50); do
+		local alive=no
+		for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=yes; done
+		[[ $alive == no ]] && break
+		sleep 0.1
+	done
+	for p in "${PIDS[@]}"; do
+		kill -9 "$p" 2>/dev/null || true
+	done
+	wait 2>/dev/null || true
+	if [[ -n $KEEP || $rc != 0 ]]; then
+		say "work dir kept: $WORK"
+	else
+		rm -rf "$WORK"
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
+
+# ---- build --------------------------------------------------------------
+
+./xcaddy.sh build --with-redis >&2
+say "building bench/upstream and bench/op"
+go build -o "$WORK/upstream" ./bench/upstream
+go build -o "$WORK/op" ./bench/op
+
+# ---- start --------------------------------------------------------------
+
+wait_up() { # URL PID NAME LOG
+	for _ in $(seq 1 300); do
+		kill -0 "$2" 2>/dev/null || { tail -n 30 "$4" >&2; die "$3 exited at start-up"; }
+		curl -s -o /dev/null --max-time 2 "$1" && return 0
+		sleep 0.1
+	done
+	tail -n 30 "$4" >&2
+	die "$3 did not answer on $1"
+}
+
+write_caddyfile() { # ADMIN(off|addr)
+	local oidc="issuer http://$HOST:$P_OP
+		client_id demo
+		client_secret demo-secret
+		scopes openid profile email offline_access"
+	cat >"$WORK/Caddyfile" <<EOF
+{
+	admin $1
+	auto_https off
+	persist_config off
+	storage file_system $WORK/data
+	log {
+		level ERROR
+	}
+}
+
+# plain: reverse_proxy only
+http://$HOST:$P_PLAIN {
+	bind $HOST
+	reverse_proxy $HOST:$P_UPSTREAM
+}
+
+# cookie: oidc with a cookie session
+http://$HOST:$P_COOKIE {
+	bind $HOST
+	oidc {
+		$oidc
+	}
+	reverse_proxy $HOST:$P_UPSTREAM
+}
+
+# bearer: the same oidc config, used with a provider JWT access token
+http://$HOST:$P_BEARER {
+	bind $HOST
+	oidc {
+		$oidc
+	}
+	reverse_proxy $HOST:$P_UPSTREAM
+}
+
+# azat: oidc with AZATs, used with an AZAT
+http://$HOST:$P_AZAT {
+	bind $HOST
+	oidc {
+		$oidc
+		azat
+	}
+	reverse_proxy $HOST:$P_UPSTREAM
+}
+EOF
+}
+
+ADMIN=off
+[[ -n $PROFILE ]] && ADMIN=$HOST:$P_ADMIN
+write_caddyfile "$ADMIN"
+./caddy validate --config "$WORK/Caddyfile" --adapter caddyfile >"$WORK/validate.log" 2>&1 ||
+	{ cat "$WORK/validate.log" >&2; die "the Caddyfile is invalid"; }
+
+"$WORK/upstream" -addr "$HOST:$P_UPSTREAM" >"$WORK/upstream.log" 2>&1 &
+UPSTREAM_PID=$!
+PIDS+=($UPSTREAM_PID)
+wait_up "http://$HOST:$P_UPSTREAM/" "$UPSTREAM_PID" upstream "$WORK/upstream.log"
+
+# The OP starts first (Caddy discovers it at start-up), then waits for the
+# sites and writes cookie.hdr, bearer.hdr, azat.hdr.
+mkdir -p "$WORK/hdr"
+"$WORK/op" -addr "$HOST:$P_OP" -access-token-lifetime 1h -out "$WORK/hdr" \
+	-cookie-site "http://$HOST:$P_COOKIE" -bearer-site "http://$HOST:$P_BEARER" \
+	-azat-site "http://$HOST:$P_AZAT" >"$WORK/op.log" 2>&1 &
+OP_PID=$!
+PIDS+=($OP_PID)
+wait_up "http://$HOST:$P_OP/.well-known/openid-configuration" "$OP_PID" "the OP" "$WORK/op.log"
+
+XDG_DATA_HOME="$WORK/data" XDG_CONFIG_HOME="$WORK/config" \
+	./caddy run --config "$WORK/Caddyfile" --adapter caddyfile >"$WORK/caddy.log" 2>&1 &
+CADDY_PID=$!
+PIDS+=($CADDY_PID)
+wait_up "http://$HOST:$P_PLAIN/" "$CADDY_PID" Caddy "$WORK/caddy.log"
+
+for _ in $(seq 1 600); do
+	[[ -f $WORK/hdr/azat.hdr ]] && break
+	kill -0 "$OP_PID" 2>/dev/null || { cat "$WORK/op.log" >&2; tail -n 30 "$WORK/caddy.log" >&2; die "bench/op failed"; }
+	sleep 0.1
+done
+[[ -f $WORK/hdr/azat.hdr ]] || { cat "$WORK/op.log" >&2; die "no credentials after 60s"; }
+sed 's/^/  /' "$WORK/op.log" >&2
+
+# ---- measure ------------------------------------------------------------
+
+hdr_of() { # scenario -> header line ("" for plain)
+	case $1 in
+	plain) echo "" ;;
+	plain-*) cat "$WORK/hdr/${1#plain-}.hdr" ;;
+	*) cat "$WORK/hdr/$1.hdr" ;;
+	esac
+}
+
+run_wrk() { # scenario duration outfile
+	local h port
+	h=$(hdr_of "$1")
+	port=$(port_of "$1")
+	local args=(-t"$THREADS" -c"$CONNS" -d"$2" --latency)
+	[[ -n $h ]] && args+=(-H "$h")
+	wrk "${args[@]}" "http://$HOST:$port/" >"$3" 2>&1 || { cat "$3" >&2; die "wrk failed for $1"; }
+	if grep -qE 'Non-2xx or 3xx responses|Socket errors' "$3"; then
+		cat "$3" >&2
+		die "$1: errors during the run (see above)"
+	fi
+}
+
+# CPU accounting, in clock ticks: busy time of the whole machine, and of the
+# processes this script started (Caddy, upstream, OP; wrk is timed apart).
+TICK=$(getconf CLK_TCK)
+busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
+proc_ticks() { # PID... -> utime+stime summed
+	local p t=0
+	for p in "$@"; do
+		t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+	done
+	echo "$t"
+}
+
+# measure scenario duration outfile: runs wrk and writes outfile.cpu:
+# "caddy_ticks ours_ticks busy_ticks wall_seconds upstream_ticks wrk_ticks".
+measure() {
+	local b0 c0 o0 u0 t0 b1 c1 o1 u1 t1 w
+	b0=$(busy_ticks)
+	c0=$(proc_ticks "$CADDY_PID")
+	u0=$(proc_ticks "$UPSTREAM_PID")
+	o0=$(proc_ticks "${PIDS[@]}")
+	t0=$(date +%s.%N)
+	local TIMEFORMAT='%U %S'
+	w=$({ time run_wrk "$@" 2>&3; } 3>&2 2>&1)
+	t1=$(date +%s.%N)
+	b1=$(busy_ticks)
+	c1=$(proc_ticks "$CADDY_PID")
+	u1=$(proc_ticks "$UPSTREAM_PID")
+	o1=$(proc_ticks "${PIDS[@]}")
+	awk -v c=$((c1 - c0)) -v u=$((u1 - u0)) -v o=$((o1 - o0)) -v b=$((b1 - b0)) -v t0="$t0" -v t1="$t1" -v w="$w" -v tick="$TICK" \
+		'BEGIN { split(w, a, " "); wt = (a[1] + a[2]) * tick
+		printf "%d %d %d %.3f %d %d\n", c, o + wt, b, t1 - t0, u, wt }' >"$3.cpu"
+}
+
+# to_ms "1.23ms" -> 1.230
+to_ms() {
+	awk -v v="$1" 'BEGIN {
+		n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+		if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
+		printf "%.3f", n }'
+}
+parse() { # file -> "rps p50ms p99ms caddy_us/req other_cpu_% upstream_us/req wrk_us/req"
+	local rps p50 p99 reqs cpu=0 other=0 ucpu=0 wcpu=0
+	rps=$(awk '/^Requests\/sec:/ {print $2}' "$1")
+	reqs=$(awk '/ requests in / {print $1}' "$1")
+	if [[ -f $1.cpu && -n $reqs ]]; then
+		read -r cpu other ucpu wcpu < <(awk -v reqs="$reqs" -v tick="$TICK" -v n="$(nproc)" '{
+			f = 1e6 / tick / reqs
+			other = 100 * ($3 - $2) / tick / ($4 * n); if (other < 0) other = 0
+			printf "%.1f %.1f %.1f %.1f\n", $1 * f, other, $5 * f, $6 * f }' "$1.cpu")
+	fi
+	p50=$(awk '$1 == "50%" {print $2}' "$1")
+	p99=$(awk '$1 == "99%" {print $2}' "$1")
+	[[ -n $rps && -n $p50 && -n $p99 ]] || { cat "$1" >&2; die "cannot parse wrk output $1"; }
+	echo "$rps $(to_ms "$p50") $(to_ms "$p99") $cpu $other $ucpu $wcpu"
+}
+median() { sort -g | awk '{a[NR] = $1} END {if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
+if [[ $WARMUP != 0 ]]; then
+	say "warm-up: $WARMUP per scenario"
+	for s in $SCENARIOS; do run_wrk "$s" "$WARMUP" "$WORK/warmup-$s.txt"; done
+fi
+
+# other_cpu SECONDS: % of the machine used meanwhile by processes this run did
+# not start (ours are idle here, but count them anyway).
+other_cpu() {
+	local b0 o0 b1 o1
+	b0=$(busy_ticks)
+	o0=$(proc_ticks "${PIDS[@]}")
+	sleep "$1"
+	b1=$(busy_ticks)
+	o1=$(proc_ticks "${PIDS[@]}")
+	awk -v b=$((b1 - b0 - o1 + o0)) -v t="$1" -v tick="$TICK" -v n="$(nproc)" 'BEGIN { printf "%.0f", 100 * b / tick / t / n }'
+}
+if [[ $QUIET_WAIT != 0 ]]; then
+	waited=0
+	while :; do
+		busy=$(other_cpu 2)
+		waited=$((waited + 2))
+		((busy < QUIET_MAX)) && break
+		if ((waited >= QUIET_WAIT)); then
+			say "the machine is still busy (${busy}% CPU used by other processes); measuring anyway"
+			break
+		fi
+		((waited == 2)) && say "waiting up to ${QUIET_WAIT}s for other processes to go below ${QUIET_MAX}% CPU (now ${busy}%)"
+	done
+fi
+
+START=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+for r in $(seq 1 "$ROUNDS"); do
+	for s in $SCENARIOS; do
+		say "round $r/$ROUNDS: $s ($DURATION)"
+		measure "$s" "$DURATION" "$WORK/wrk-$s-$r.txt"
+		res=$(parse "$WORK/wrk-$s-$r.txt")
+		read -r rps p50 p99 cpu other ucpu wcpu <<<"$res"
+		echo "$res" >>"$WORK/results-$s.txt"
+		say "  $rps req/s, p50 ${p50}ms, p99 ${p99}ms; CPU/req: Caddy ${cpu}us, upstream ${ucpu}us, wrk ${wcpu}us; other processes ${other}% CPU"
+	done
+done
+
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+col() { awk -v c="$2" '{print $c}' "$WORK/results-$1.txt" | median; }
+PLAIN_RPS=$(col plain 1)
+{
+	echo "| scenario | req/s | p50 (ms) | p99 (ms) | ratio to plain | Caddy CPU µs/req |"
+	echo "|---|---:|---:|---:|---:|---:|"
+	for s in $SCENARIOS; do
+		rps=$(col "$s" 1)
+		awk -v s="$s" -v rps="$rps" -v p50="$(col "$s" 2)" -v p99="$(col "$s" 3)" -v cpu="$(col "$s" 4)" -v base="$PLAIN_RPS" \
+			'BEGIN { printf "| %s | %.0f | %.2f | %.2f | %.2fx | %.0f |\n", s, rps, p50, p99, rps / base, cpu }'
+	done
+} >"$WORK/table.md"
+
+echo
+echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency, median of $ROUNDS interleaved rounds, started $START"
+echo "Caddy $(./caddy version | awk '{print $1}'), $(go version | awk '{print $3}'), $(nproc) CPUs, load average $LOAD_BEFORE before / $LOAD_AFTER after"
+echo
+cat "$WORK/table.md"
+echo
+OTHER=$(cat "$WORK"/results-*.txt | awk '{print $5}' | median)
+if awk -v o="$OTHER" -v m="$QUIET_MAX" 'BEGIN { exit !(o >= m) }'; then
+	echo "WARNING: other processes used ${OTHER}% of the machine (median over the runs): these numbers are skewed"
+	echo
+fi
+echo "per round: req/s (CPU µs/req of Caddy / upstream / wrk; CPU used by processes this run did not start, % of the machine):"
+for s in $SCENARIOS; do
+	echo "  $s: $(awk '{printf "%.0f (%.0f/%.0f/%.0f; %.0f%%)  ", $1, $4, $6, $7, $5}' "$WORK/results-$s.txt")"
+done
+
+# ---- profile ------------------------------------------------------------
+
+if [[ -n $PROFILE ]]; then
+	mkdir -p "$ROOT/bench/out"
+	wrk_for=$((PROFILE_SECONDS + 4))s
+	for s in $PROFILE; do
+		port_of "$s" >/dev/null
+		say "profiling $s: ${PROFILE_SECONDS}s CPU profile while wrk runs ($wrk_for)"
+		run_wrk "$s" "$wrk_for" "$WORK/wrk-profile-$s.txt" &
+		WRK_PID=$!
+		sleep 2
+		prof="$ROOT/bench/out/cpu-$s.pprof"
+		curl -sf -o "$prof" "http://$HOST:$P_ADMIN/debug/pprof/profile?seconds=$PROFILE_SECONDS" ||
+			die "cannot fetch the profile from the admin endpoint"
+		wait "$WRK_PID"
+		res=$(parse "$WORK/wrk-profile-$s.txt")
+		read -r rps _ <<<"$res"
+		echo
+		echo "### CPU profile: $s ($rps req/s while profiling; $prof)"
+		echo
+		go tool pprof -top -nodecount=30 "$ROOT/caddy" "$prof" 2>/dev/null | sed -n '/flat%/,$p' | sed 's/^/    /'
+		if [[ $s != plain* ]]; then
+			echo
+			echo "  the oidc handler's own CPU (samples under caddyoidc.(*OIDC).ServeHTTP, the next handlers left out):"
+			echo
+			go tool pprof -top -cum -nodecount=30 -focus='caddyoidc\.\(\*OIDC\)\.ServeHTTP' -ignore='reverseproxy' \
+				"$ROOT/caddy" "$prof" 2>/dev/null | sed -n '/flat%/,$p' |
+				grep -vE 'caddyhttp\.|net/http\.|runtime\.goexit|runtime\.systemstack|internal/runtime/maps' | sed 's/^/    /'
+		fi
+		go tool pprof -top -cum -nodecount=60 "$ROOT/caddy" "$prof" 2>/dev/null >"$ROOT/bench/out/cpu-$s.cum.txt"
+		echo "    (cumulative view: bench/out/cpu-$s.cum.txt)"
+	done
+fi
