@@ -119,12 +119,21 @@ func writeChunked(w http.ResponseWriter, r *http.Request, opts cookieOpts, base,
 	for i, v := range chunks {
 		http.SetCookie(w, opts.cookie(chunkName(base, i), v, "/", maxAge, true))
 	}
-	for i := len(chunks); i < maxChunks; i++ {
-		if _, err := r.Cookie(chunkName(base, i)); err != nil {
-			break
+	// Expire every chunk-looking cookie the request carried that is not one
+	// of the new chunks (a stray _8, a leading-zero _01, a chunk after a
+	// gap): readChunked refuses values with such strays, so one left behind
+	// would make every later read fail.
+	prefix := base + "_"
+	cookiePairs(r, func(name, _ string) bool {
+		rest, ok := strings.CutPrefix(name, prefix)
+		if !ok || len(rest) == 0 || len(rest) > 2 || rest[0] < '0' || rest[0] > '9' {
+			return true
 		}
-		http.SetCookie(w, opts.cookie(chunkName(base, i), "", "/", -1, true))
-	}
+		if i, err := strconv.Atoi(rest); err == nil && (i >= len(chunks) || name != chunkName(base, i)) {
+			http.SetCookie(w, opts.cookie(name, "", "/", -1, true))
+		}
+		return true
+	})
 	return true
 }
 

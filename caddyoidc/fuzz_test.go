@@ -497,7 +497,7 @@ func FuzzChunkedCookies(f *testing.F) {
 // until the cookie expires. The regression seeds
 // testdata/fuzz/FuzzChunkedCookies/regression-* hit it. Set to false once
 // the fix described in TESTING.md is in cookies.go.
-const knownBugStaleChunks = true
+const knownBugStaleChunks = false
 
 // strayChunk adds to the jar, per mode, a chunk a browser may hold besides
 // the contiguous ones: 1: a gap (an evicted middle chunk); 2: base_8 and
