@@ -203,7 +203,26 @@ TXT
 
 # ---- test -------------------------------------------------------------------
 
+# install_test_tools installs Debian's chromium, redis-server and curl when
+# missing and apt-get is usable (root), so `./xcaddy.sh test` works on a fresh
+# machine; otherwise it says what to install.
+install_test_tools() {
+	local need=()
+	command -v chromium >/dev/null || need+=(chromium)
+	command -v redis-server >/dev/null || need+=(redis-server)
+	command -v curl >/dev/null || need+=(curl)
+	((${#need[@]})) || return 0
+	if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+		echo "installing ${need[*]} (apt-get)"
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+	else
+		echo "the tests need: ${need[*]} (Debian: sudo apt-get install -y ${need[*]})" >&2
+	fi
+}
+
 run_tests() {
+	install_test_tools
 	build --with-redis
 	export CADDY_BIN="$PWD/caddy"
 	if [[ "${CI:-}" == "true" ]]; then
