@@ -42,6 +42,9 @@
 #   RETRIES=6         a run during which other processes used >= QUIET_MAX %
 #                     CPU is done again, after waiting up to QUIET_WAIT/2 s for
 #                     quiet; at most RETRIES times in all
+#   OIDC_OPTS="..."   one more subdirective for the three oidc blocks, to
+#                     measure a variant, e.g. OIDC_OPTS="pass_token none" or
+#                     OIDC_OPTS="session store"
 #   KEEP=1            keep the work dir (Caddyfile, logs, raw wrk output)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -155,7 +158,8 @@ write_caddyfile() { # ADMIN(off|addr)
 	local oidc="issuer http://$HOST:$P_OP
 		client_id demo
 		client_secret demo-secret
-		scopes openid profile email offline_access"
+		scopes openid profile email offline_access${OIDC_OPTS:+
+		$OIDC_OPTS}"
 	cat >"$WORK/Caddyfile" <<EOF
 {
 	admin $1
@@ -211,7 +215,7 @@ write_caddyfile "$ADMIN"
 
 "$WORK/upstream" -addr "$HOST:$P_UPSTREAM" >"$WORK/upstream.log" 2>&1 &
 UPSTREAM_PID=$!
-PIDS+=($UPSTREAM_PID)
+PIDS+=("$UPSTREAM_PID")
 wait_up "http://$HOST:$P_UPSTREAM/" "$UPSTREAM_PID" upstream "$WORK/upstream.log"
 
 # The OP starts first (Caddy discovers it at start-up), then waits for the
@@ -221,13 +225,13 @@ mkdir -p "$WORK/hdr"
 	-cookie-site "http://$HOST:$P_COOKIE" -bearer-site "http://$HOST:$P_BEARER" \
 	-azat-site "http://$HOST:$P_AZAT" >"$WORK/op.log" 2>&1 &
 OP_PID=$!
-PIDS+=($OP_PID)
+PIDS+=("$OP_PID")
 wait_up "http://$HOST:$P_OP/.well-known/openid-configuration" "$OP_PID" "the OP" "$WORK/op.log"
 
 XDG_DATA_HOME="$WORK/data" XDG_CONFIG_HOME="$WORK/config" \
 	./caddy run --config "$WORK/Caddyfile" --adapter caddyfile >"$WORK/caddy.log" 2>&1 &
 CADDY_PID=$!
-PIDS+=($CADDY_PID)
+PIDS+=("$CADDY_PID")
 wait_up "http://$HOST:$P_PLAIN/" "$CADDY_PID" Caddy "$WORK/caddy.log"
 
 for _ in $(seq 1 600); do
@@ -391,7 +395,7 @@ PLAIN_RPS=$(col plain 1)
 } >"$WORK/table.md"
 
 echo
-echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency, median of $ROUNDS interleaved rounds, started $START"
+echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency, median of $ROUNDS interleaved rounds, started $START${OIDC_OPTS:+, OIDC_OPTS=\"$OIDC_OPTS\"}"
 echo "Caddy $(./caddy version | awk '{print $1}'), $(go version | awk '{print $3}'), $(nproc) CPUs, load average $LOAD_BEFORE before / $LOAD_AFTER after"
 echo
 cat "$WORK/table.md"
