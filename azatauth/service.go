@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -101,6 +102,11 @@ func (s *Service) Verify(ctx context.Context, token, origin string) (*Claims, *G
 	h := sha256.Sum256([]byte(token))
 	now := time.Now()
 	c, ok := s.verified.get(h, now)
+	if ok && !s.expected(c, origin) {
+		// Verified for another origin of this site (issuer and audience
+		// default to the request's origin): check it again for this one.
+		ok = false
+	}
 	if !ok {
 		var err error
 		c, err = Verify(token, func(kid string) jwk.Key { return s.keyring.LookupOrReload(ctx, kid) },
@@ -122,6 +128,25 @@ func (s *Service) Verify(ctx context.Context, token, origin string) (*Claims, *G
 		return nil, nil, ErrNoGrant
 	}
 	return c, g, nil
+}
+
+// Recognizes tells whether a bearer token is to be verified as an AZAT of
+// this site, and as nothing else: a token this site verified before is (the
+// verified-token cache answers without decoding it); any other token is
+// when its unverified iss is this site's issuer. Never a verification.
+func (s *Service) Recognizes(token, origin string) bool {
+	if len(token) <= MaxTokenSize {
+		if c, ok := s.verified.get(sha256.Sum256([]byte(token)), time.Now()); ok && c.Issuer == s.Issuer(origin) {
+			return true
+		}
+	}
+	return PeekIssuer(token) == s.Issuer(origin)
+}
+
+// expected tells whether verified claims name this origin's issuer and
+// audience.
+func (s *Service) expected(c *Claims, origin string) bool {
+	return c.Issuer == s.Issuer(origin) && slices.Contains(c.Audience, s.Audience(origin))
 }
 
 // ErrStore means the grant store failed (not the token).

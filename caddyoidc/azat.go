@@ -17,7 +17,7 @@ func grantKey(id *identity) string { return id.Issuer + "#" + id.Subject }
 // isAZAT tells whether a bearer token claims to be one of our AZATs (its
 // unverified iss is ours); it is then verified as an AZAT and nothing else.
 func (o *OIDC) isAZAT(r *http.Request, tok string) bool {
-	return o.azat != nil && azatauth.PeekIssuer(tok) == o.azat.Issuer(origin(r))
+	return o.azat != nil && o.azat.Recognizes(tok, origin(r))
 }
 
 // verifyAZAT verifies an AZAT and returns the identity and the provider

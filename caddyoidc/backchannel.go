@@ -66,7 +66,7 @@ func (o *OIDC) endIndexed(ctx context.Context, index string) (int, error) {
 		}
 		id, err := o.rt.sealer.Open(string(b), "session-index")
 		if err == nil {
-			if err := o.storage.Delete(ctx, sessionKey(string(id))); err == nil {
+			if err := o.deleteStored(ctx, string(id)); err == nil {
 				n++
 			}
 		}
@@ -225,7 +225,7 @@ func (o *OIDC) serveBackchannelLogout(w http.ResponseWriter, r *http.Request, p 
 		bad("logout token issued in the future", nil)
 		return
 	}
-	if !o.rt.usedStates.add("logout\x00"+lt.TokenID, lt.Expiry) {
+	if !o.rt.usedStates.Add("logout\x00"+lt.TokenID, struct{}{}, lt.Expiry) {
 		bad("logout token replayed", nil)
 		return
 	}

@@ -40,7 +40,7 @@ func (o *OIDC) verifyBearer(ctx context.Context, p *provider, tok string) (*iden
 	}
 	h := tokenHash(tok)
 	now := time.Now()
-	if id, ok := o.rt.introspected.get(h, now); ok {
+	if id, ok := o.rt.introspected.Get(h, now); ok {
 		count(metrics.cacheHits, "bearer")
 		return id, nil
 	}
@@ -61,7 +61,7 @@ func (o *OIDC) verifyBearer(ctx context.Context, p *provider, tok string) (*iden
 	if err != nil {
 		return nil, err
 	}
-	o.rt.introspected.put(h, id, exp)
+	o.rt.introspected.Put(h, id, exp)
 	return id, nil
 }
 

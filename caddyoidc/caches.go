@@ -9,92 +9,20 @@ import (
 	"github.com/caddy-oidc/caddy-oidc/azatauth"
 )
 
-// expirySet remembers keys until their expiry, bounded in size: used to
-// refuse a replayed login callback (state used twice).
-type expirySet struct {
-	mu  sync.Mutex
-	max int
-	m   map[string]time.Time
-}
-
-func newExpirySet(max int) *expirySet { return &expirySet{max: max, m: map[string]time.Time{}} }
-
-// add records key and reports whether it was new.
-func (s *expirySet) add(key string, exp time.Time) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	now := time.Now()
-	if e, ok := s.m[key]; ok && now.Before(e) {
-		return false
-	}
-	if len(s.m) >= s.max {
-		for k, e := range s.m {
-			if now.After(e) {
-				delete(s.m, k)
-			}
-		}
-		for k := range s.m { // still full: forget arbitrary entries
-			if len(s.m) < s.max {
-				break
-			}
-			delete(s.m, k)
-		}
-	}
-	s.m[key] = exp
-	return true
-}
-
-// tokenCache maps the SHA-256 of a token to what verifying it produced,
-// until the token's expiry. Bounded: when full, expired entries go first,
-// then arbitrary ones.
-type tokenCache struct {
-	mu  sync.RWMutex
-	max int
-	m   map[[32]byte]cachedToken
-}
-
-type cachedToken struct {
-	id  *identity
-	exp time.Time
-}
-
-func newTokenCache(max int) *tokenCache {
-	return &tokenCache{max: max, m: make(map[[32]byte]cachedToken)}
-}
+// Caches (internal/expiry maps, bounded, entries end at their expiry):
+//   - usedStates: login states and logout token ids already used, to refuse
+//     replays (expiry.Map.Add);
+//   - introspected: SHA-256 of a bearer token -> its identity;
+//   - sessions: a sealed session cookie value -> its decoded session, so
+//     repeat requests skip the AES-GCM and JSON work (sessions in it are
+//     shared read-only);
+//   - stored: a stored session's id -> the session read from storage, for
+//     session_cache (dropped at once on this instance when the session is
+//     written or deleted).
 
 // tokenHash hashes a token without copying it (Sum256 only reads).
 func tokenHash(tok string) [32]byte {
 	return sha256.Sum256(unsafe.Slice(unsafe.StringData(tok), len(tok)))
-}
-
-func (c *tokenCache) get(h [32]byte, now time.Time) (*identity, bool) {
-	c.mu.RLock()
-	e, ok := c.m[h]
-	c.mu.RUnlock()
-	if !ok || !now.Before(e.exp) {
-		return nil, false
-	}
-	return e.id, true
-}
-
-func (c *tokenCache) put(h [32]byte, id *identity, exp time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.m) >= c.max {
-		now := time.Now()
-		for k, e := range c.m {
-			if !now.Before(e.exp) {
-				delete(c.m, k)
-			}
-		}
-		for k := range c.m {
-			if len(c.m) < c.max*3/4 {
-				break
-			}
-			delete(c.m, k)
-		}
-	}
-	c.m[h] = cachedToken{id: id, exp: exp}
 }
 
 // recentRefreshes remembers, for a short while, the session that replaced a
@@ -143,54 +71,6 @@ func (c *recentRefreshes) putFor(key string, s *session, ttl time.Duration) {
 		}
 	}
 	c.m[key] = recentEntry{s: s, exp: now.Add(ttl)}
-}
-
-// sessionCache maps a sealed session cookie value to its decoded session, so
-// that repeat requests skip the AES-GCM and JSON work. Sessions in it are
-// shared read-only. Bounded; an entry lives until its session's end.
-type sessionCache struct {
-	mu  sync.RWMutex
-	max int
-	m   map[string]cachedSession
-}
-
-type cachedSession struct {
-	s   *session
-	exp time.Time
-}
-
-func newSessionCache(max int) *sessionCache {
-	return &sessionCache{max: max, m: make(map[string]cachedSession)}
-}
-
-func (c *sessionCache) get(raw string) *session {
-	c.mu.RLock()
-	e, ok := c.m[raw]
-	c.mu.RUnlock()
-	if !ok || time.Now().After(e.exp) {
-		return nil
-	}
-	return e.s
-}
-
-func (c *sessionCache) put(raw string, s *session, exp time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.m) >= c.max {
-		now := time.Now()
-		for k, e := range c.m {
-			if now.After(e.exp) {
-				delete(c.m, k)
-			}
-		}
-		for k := range c.m {
-			if len(c.m) < c.max*3/4 {
-				break
-			}
-			delete(c.m, k)
-		}
-	}
-	c.m[raw] = cachedSession{s: s, exp: exp}
 }
 
 // pendingGrants holds refreshed grants that could not be written to storage.

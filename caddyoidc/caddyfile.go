@@ -42,6 +42,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		session          cookie|store
 //		session_lifetime <duration>
 //		refresh_before   <duration>
+//		session_cache    <duration>
 //		expose_tokens
 //		allow_anonymous
 //		pass_token       access|id|none
@@ -159,6 +160,8 @@ func (o *OIDC) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = dur(&o.SessionLifetime)
 		case "refresh_before":
 			err = dur(&o.RefreshBefore)
+		case "session_cache":
+			err = dur(&o.SessionCache)
 		case "expose_tokens":
 			err = flag(&o.ExposeTokens)
 		case "allow_anonymous":

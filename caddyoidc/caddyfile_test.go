@@ -32,6 +32,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		session       store
 		session_lifetime 12h
 		refresh_before 1m
+		session_cache 2s
 		expose_tokens
 		allow_anonymous
 		pass_token    id
@@ -68,7 +69,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		`"redirect_url":"https://app.example.com/oauth/callback","post_logout_redirect_url":"https://app.example.com/bye",` +
 		`"auth_params":{"access_type":"offline","prompt":"consent"},"cookie_secret":"{file./run/secret}","cookie_name":"sess",` +
 		`"cookie_domain":"example.com","cookie_secure":false,"cookie_samesite":"strict","session":"store",` +
-		`"session_lifetime":43200000000000,"refresh_before":60000000000,"expose_tokens":true,"allow_anonymous":true,` +
+		`"session_lifetime":43200000000000,"session_cache":2000000000,"refresh_before":60000000000,"expose_tokens":true,"allow_anonymous":true,` +
 		`"pass_token":"id","roles_claim":["https://hasura.io/jwt/claims","x-hasura-allowed-roles"],` +
 		`"claim_headers":{"X-Hasura-User-Id":"sub"},"require_roles":[["admin","editor"],["staff"]],` +
 		`"require_claims":[{"path":"email_verified","values":["true"]}],"introspection":true,` +

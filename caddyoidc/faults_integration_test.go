@@ -80,7 +80,10 @@ func TestStorageFaults(t *testing.T) {
 	site := "http://127.0.0.1:" + itoa(port)
 	cf := "{\n\tadmin off\n\tpersist_config off\n\tauto_https off\n\tstorage failing_test " + t.TempDir() + "\n}\n" +
 		site + " {\n\toidc {\n\t\tissuer " + op.Issuer + "\n\t\tclient_id " + id + "\n\t\tclient_secret " + secret +
-		"\n\t\tscopes openid profile email offline_access\n\t\tsession store\n\t\trefresh_before 1s\n\t}\n\treverse_proxy " +
+		"\n\t\tscopes openid profile email offline_access\n\t\tsession store\n\t\trefresh_before 1s" +
+		// Every request reads storage (the default 1s session cache would
+		// serve the session from memory through a short storage outage).
+		"\n\t\tsession_cache -1s\n\t}\n\treverse_proxy " +
 		strings.TrimPrefix(up.URL, "http://") + "\n}\n"
 	loadCaddyfile(t, cf)
 	c := browser()

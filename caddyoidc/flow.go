@@ -147,7 +147,7 @@ func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider
 		o.callbackError(w, r, http.StatusBadRequest, "login took too long; start again", nil)
 		return
 	}
-	if !o.rt.usedStates.add(state, time.Unix(f.Created, 0).Add(flowLifetime)) {
+	if !o.rt.usedStates.Add(state, struct{}{}, time.Unix(f.Created, 0).Add(flowLifetime)) {
 		o.callbackError(w, r, http.StatusBadRequest, "this login response was already used", nil)
 		return
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	whatwg "github.com/nlnwa/whatwg-url/url"
 
+	"github.com/caddy-oidc/caddy-oidc/internal/expiry"
 	"github.com/caddy-oidc/caddy-oidc/internal/seal"
 )
 
@@ -129,7 +130,7 @@ func fuzzOIDC(s *seal.Sealer) *OIDC {
 	return &OIDC{
 		CookieName: fuzzCookieName, Session: "cookie",
 		SessionLifetime: caddy.Duration(100 * 365 * 24 * time.Hour),
-		rt:              &runtime{sealer: s, sessions: newSessionCache(64)},
+		rt:              &runtime{sealer: s, sessions: expiry.New[string, *session](64)},
 	}
 }
 
@@ -824,9 +825,12 @@ func FuzzLookupClaim(f *testing.F) {
 				t.Fatalf("identity header %q", h)
 			}
 		}
-		for _, p := range id.vars().placeholders {
-			if strings.HasPrefix(p[0], "http.auth.user.claims.") && hasCTL(p[1]) {
-				t.Fatalf("claim placeholder %s = %q", p[0], p[1])
+		for name, v := range id.vars().placeholders {
+			if hasCTL(v) {
+				t.Fatalf("placeholder %s = %q", name, v)
+			}
+			if got, ok := id.placeholder(placeholderPrefix + name); !ok || got != v {
+				t.Fatalf("placeholder(%s) = %v, %v; want %q", name, got, ok, v)
 			}
 		}
 	})

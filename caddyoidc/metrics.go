@@ -2,6 +2,7 @@ package caddyoidc
 
 import (
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -63,12 +64,39 @@ func initMetrics(reg *prometheus.Registry) {
 	}
 }
 
-// count increments a labelled counter when metrics are initialised.
+// count increments a labelled counter when metrics are initialised. The
+// labelled children are resolved once (no label hashing on the request
+// path).
 func count(v *prometheus.CounterVec, labels ...string) {
-	if v != nil {
-		v.WithLabelValues(labels...).Inc()
+	if v == nil {
+		return
 	}
+	k := counterKey{vec: v}
+	copy(k.labels[:], labels)
+	counters.mu.RLock()
+	c, ok := counters.m[k]
+	counters.mu.RUnlock()
+	if !ok {
+		c = v.WithLabelValues(slices.Clone(labels)...)
+		counters.mu.Lock()
+		counters.m[k] = c
+		counters.mu.Unlock()
+	}
+	c.Inc()
 }
+
+// counterKey names one child of a CounterVec (at most two labels here).
+type counterKey struct {
+	vec    *prometheus.CounterVec
+	labels [2]string
+}
+
+// counters memoizes the children count resolves; the label values are a
+// small fixed set (kinds, outcomes, operations).
+var counters = struct {
+	mu sync.RWMutex
+	m  map[counterKey]prometheus.Counter
+}{m: map[counterKey]prometheus.Counter{}}
 
 func observeRefresh(start time.Time, outcome string) {
 	if metrics.refreshTime != nil {

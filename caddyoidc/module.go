@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/caddy-oidc/caddy-oidc/internal/expiry"
 	"github.com/caddy-oidc/caddy-oidc/internal/seal"
 	"net/http"
 	"net/url"
@@ -112,6 +113,13 @@ type OIDC struct {
 	// SessionLifetime is how long a session lasts after login, whatever the
 	// refreshes. Default: 168h.
 	SessionLifetime caddy.Duration `json:"session_lifetime,omitempty"`
+
+	// SessionCache, with `session store`, is how long a session read from
+	// storage is used from memory on the request path. A logout or
+	// back-channel logout on this instance applies at once; one on another
+	// instance sharing the storage within this time. Default: 1s; negative:
+	// read storage on every request.
+	SessionCache caddy.Duration `json:"session_cache,omitempty"`
 
 	// RefreshBefore refreshes the access token server-side when it expires
 	// within this duration. Default: 30s.
@@ -225,6 +233,7 @@ const (
 	defaultCookieName      = "caddy_oidc"
 	defaultSessionLifetime = 168 * time.Hour
 	defaultRefreshBefore   = 30 * time.Second
+	defaultSessionCache    = time.Second
 	defaultIdPTimeout      = 10 * time.Second
 )
 
@@ -262,6 +271,9 @@ func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.S
 	}
 	if o.RefreshBefore == 0 {
 		o.RefreshBefore = caddy.Duration(defaultRefreshBefore)
+	}
+	if o.SessionCache == 0 {
+		o.SessionCache = caddy.Duration(defaultSessionCache)
 	}
 	if o.IdPTimeout == 0 {
 		o.IdPTimeout = caddy.Duration(defaultIdPTimeout)
@@ -323,9 +335,10 @@ func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.S
 	}
 	rt.refreshes = new(singleflight.Group)
 	rt.recent = newRecentRefreshes()
-	rt.usedStates = newExpirySet(10000)
-	rt.introspected = newTokenCache(10000)
-	rt.sessions = newSessionCache(4096)
+	rt.usedStates = expiry.New[string, struct{}](10000)
+	rt.introspected = expiry.New[[32]byte, *identity](10000)
+	rt.sessions = expiry.New[string, *session](4096)
+	rt.stored = expiry.New[string, *session](4096)
 	o.rt = rt
 	if o.AZAT != nil {
 		if o.azat, err = o.AZAT.Provision(ctx, o.logger.Named("azat"), o.storage, rt.httpClient); err != nil {
@@ -462,9 +475,10 @@ type runtime struct {
 	disc             *discoverer
 	refreshes        *singleflight.Group
 	recent           *recentRefreshes
-	usedStates       *expirySet
-	introspected     *tokenCache
-	sessions         *sessionCache
+	usedStates       *expiry.Map[string, struct{}]
+	introspected     *expiry.Map[[32]byte, *identity]
+	sessions         *expiry.Map[string, *session]
+	stored           *expiry.Map[string, *session]
 	pending          pendingGrants
 	codeTries        userCodeTries
 	revoked          revocations

@@ -106,7 +106,7 @@ func (o *OIDC) refreshLocked(ctx context.Context, p *provider, s *session) (*ses
 	ns, err := o.refreshAtIdP(ctx, p, cur)
 	if err != nil {
 		if errors.Is(err, errGrantGone) {
-			_ = o.storage.Delete(ctx, sessionKey(s.ID))
+			_ = o.deleteStored(ctx, s.ID)
 		}
 		return nil, false, err
 	}

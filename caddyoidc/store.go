@@ -22,7 +22,7 @@ func (o *OIDC) loadSession(r *http.Request) (*session, error) {
 	}
 	var s *session
 	if o.Session != "store" {
-		if s = o.rt.sessions.get(raw); s != nil {
+		if s, _ = o.rt.sessions.Get(raw, time.Now()); s != nil {
 			count(metrics.cacheHits, "session")
 		}
 	}
@@ -32,7 +32,7 @@ func (o *OIDC) loadSession(r *http.Request) (*session, error) {
 			return nil, nil // tampered or foreign cookie: treated as no session
 		}
 		if o.Session == "store" {
-			s, err = o.loadStored(r.Context(), string(pt))
+			s, err = o.loadStoredCached(r.Context(), string(pt))
 			if err != nil || s == nil {
 				return nil, err
 			}
@@ -40,7 +40,7 @@ func (o *OIDC) loadSession(r *http.Request) (*session, error) {
 			if s, err = decodeSession(pt); err != nil {
 				return nil, nil
 			}
-			o.rt.sessions.put(raw, s, time.Unix(s.Created, 0).Add(time.Duration(o.SessionLifetime)))
+			o.rt.sessions.Put(raw, s, time.Unix(s.Created, 0).Add(time.Duration(o.SessionLifetime)))
 		}
 	}
 	if time.Since(time.Unix(s.Created, 0)) > time.Duration(o.SessionLifetime) {
@@ -84,7 +84,7 @@ func (o *OIDC) saveSession(w http.ResponseWriter, r *http.Request, s *session) e
 // clearSession deletes the session's cookies and stored record.
 func (o *OIDC) clearSession(w http.ResponseWriter, r *http.Request, s *session) {
 	if s != nil && o.Session == "store" {
-		if err := o.storage.Delete(context.WithoutCancel(r.Context()), sessionKey(s.ID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := o.deleteStored(context.WithoutCancel(r.Context()), s.ID); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			o.logger.Error("deleting stored session", errField(err))
 		}
 	}
@@ -122,8 +122,40 @@ func sessionKey(id string) string {
 }
 
 func (o *OIDC) storeSession(ctx context.Context, s *session) error {
-	return o.storage.Store(context.WithoutCancel(ctx), sessionKey(s.ID),
-		[]byte(o.rt.sealer.Seal(encodeSession(s), "stored-session:"+s.ID)))
+	o.rt.stored.Delete(s.ID)
+	if err := o.storage.Store(context.WithoutCancel(ctx), sessionKey(s.ID),
+		[]byte(o.rt.sealer.Seal(encodeSession(s), "stored-session:"+s.ID))); err != nil {
+		return err
+	}
+	o.rememberStored(s)
+	return nil
+}
+
+// deleteStored deletes a stored session (and its cached copy).
+func (o *OIDC) deleteStored(ctx context.Context, id string) error {
+	o.rt.stored.Delete(id)
+	return o.storage.Delete(ctx, sessionKey(id))
+}
+
+// loadStoredCached is loadStored on the request path: a session read within
+// session_cache comes from memory.
+func (o *OIDC) loadStoredCached(ctx context.Context, id string) (*session, error) {
+	if s, ok := o.rt.stored.Get(id, time.Now()); ok {
+		count(metrics.cacheHits, "stored_session")
+		return s, nil
+	}
+	s, err := o.loadStored(ctx, id)
+	if err == nil && s != nil {
+		o.rememberStored(s)
+	}
+	return s, err
+}
+
+// rememberStored caches a session just read from or written to storage.
+func (o *OIDC) rememberStored(s *session) {
+	if ttl := time.Duration(o.SessionCache); ttl > 0 {
+		o.rt.stored.Put(s.ID, s, time.Now().Add(ttl))
+	}
 }
 
 // loadStored loads a stored session; (nil, nil) when it does not exist.
