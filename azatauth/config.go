@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
+	"github.com/caddy-oidc/caddy-oidc/internal/expiry"
 	"github.com/caddy-oidc/caddy-oidc/internal/seal"
 )
 
@@ -91,7 +92,7 @@ type Service struct {
 	signer   Signer
 	keyring  *Keyring
 	grants   *GrantStore
-	verified *verifiedCache
+	verified *expiry.Map[[32]byte, *Claims]
 	ready    atomic.Bool
 	issuer   string
 	audience string
@@ -111,7 +112,7 @@ func (c *Config) Provision(ctx context.Context, logger *zap.Logger, st certmagic
 		c.JWKSPath = defaultJWKSPath
 	}
 	repl := caddy.NewReplacer()
-	s := &Service{cfg: c, logger: logger, verified: newVerifiedCache(maxVerifiedCache)}
+	s := &Service{cfg: c, logger: logger, verified: expiry.New[[32]byte, *Claims](maxVerifiedCache)}
 	s.issuer = repl.ReplaceKnown(c.Issuer, "")
 	s.audience = repl.ReplaceKnown(c.Audience, "")
 

@@ -7,12 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"io/fs"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/certmagic"
 
+	"github.com/caddy-oidc/caddy-oidc/internal/expiry"
 	"github.com/caddy-oidc/caddy-oidc/internal/seal"
 )
 
@@ -84,13 +84,7 @@ type GrantStore struct {
 	sealer *seal.Sealer
 	ttl    time.Duration
 
-	mu    sync.RWMutex
-	cache map[string]cachedGrant
-}
-
-type cachedGrant struct {
-	g  *Grant
-	at time.Time
+	cache *expiry.Map[string, *Grant]
 }
 
 // maxCachedGrants bounds the in-memory grant cache.
@@ -106,7 +100,7 @@ func NewGrantStore(st certmagic.Storage, sealer *seal.Sealer) *GrantStore {
 // sharing the storage (a revocation there) within ttl.
 func (s *GrantStore) WithCache(ttl time.Duration) *GrantStore {
 	s.ttl = ttl
-	s.cache = map[string]cachedGrant{}
+	s.cache = expiry.New[string, *Grant](maxCachedGrants)
 	return s
 }
 
@@ -114,35 +108,14 @@ func (s *GrantStore) cached(key string) *Grant {
 	if s.ttl <= 0 {
 		return nil
 	}
-	s.mu.RLock()
-	e, ok := s.cache[key]
-	s.mu.RUnlock()
-	if !ok || time.Since(e.at) > s.ttl {
-		return nil
-	}
-	return e.g
+	g, _ := s.cache.Get(key, time.Now())
+	return g
 }
 
 func (s *GrantStore) remember(key string, g *Grant) {
-	if s.ttl <= 0 {
-		return
+	if s.ttl > 0 {
+		s.cache.Put(key, g, time.Now().Add(s.ttl))
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.cache) >= maxCachedGrants {
-		for k, e := range s.cache {
-			if time.Since(e.at) > s.ttl {
-				delete(s.cache, k)
-			}
-		}
-		for k := range s.cache {
-			if len(s.cache) < maxCachedGrants*3/4 {
-				break
-			}
-			delete(s.cache, k)
-		}
-	}
-	s.cache[key] = cachedGrant{g: g, at: time.Now()}
 }
 
 // StorageKey is the storage key of a grant (the user key is hashed).

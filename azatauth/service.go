@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwk"
@@ -101,7 +100,7 @@ func (s *Service) Verify(ctx context.Context, token, origin string) (*Claims, *G
 	}
 	h := sha256.Sum256([]byte(token))
 	now := time.Now()
-	c, ok := s.verified.get(h, now)
+	c, ok := s.verified.Get(h, now)
 	if ok && !s.expected(c, origin) {
 		// Verified for another origin of this site (issuer and audience
 		// default to the request's origin): check it again for this one.
@@ -114,7 +113,7 @@ func (s *Service) Verify(ctx context.Context, token, origin string) (*Claims, *G
 		if err != nil {
 			return nil, nil, err
 		}
-		s.verified.put(h, c)
+		s.verified.Put(h, c, time.Unix(c.Expiry, 0))
 	}
 	jti, _ := c.JTI()
 	g, err := s.grants.Load(ctx, c.Subject)
@@ -136,7 +135,7 @@ func (s *Service) Verify(ctx context.Context, token, origin string) (*Claims, *G
 // when its unverified iss is this site's issuer. Never a verification.
 func (s *Service) Recognizes(token, origin string) bool {
 	if len(token) <= MaxTokenSize {
-		if c, ok := s.verified.get(sha256.Sum256([]byte(token)), time.Now()); ok && c.Issuer == s.Issuer(origin) {
+		if c, ok := s.verified.Get(sha256.Sum256([]byte(token)), time.Now()); ok && c.Issuer == s.Issuer(origin) {
 			return true
 		}
 	}
@@ -170,45 +169,4 @@ func (s *Service) ServeJWKS(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/jwk-set+json")
 	w.Header().Set("Cache-Control", "public, max-age=300")
 	_, _ = w.Write(b)
-}
-
-// verifiedCache maps token hashes to verified claims until expiry.
-type verifiedCache struct {
-	mu  sync.RWMutex
-	max int
-	m   map[[32]byte]*Claims
-}
-
-func newVerifiedCache(max int) *verifiedCache {
-	return &verifiedCache{max: max, m: make(map[[32]byte]*Claims)}
-}
-
-func (c *verifiedCache) get(h [32]byte, now time.Time) (*Claims, bool) {
-	c.mu.RLock()
-	cl, ok := c.m[h]
-	c.mu.RUnlock()
-	if !ok || now.Unix() >= cl.Expiry {
-		return nil, false
-	}
-	return cl, true
-}
-
-func (c *verifiedCache) put(h [32]byte, cl *Claims) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.m) >= c.max {
-		now := time.Now().Unix()
-		for k, v := range c.m {
-			if now >= v.Expiry {
-				delete(c.m, k)
-			}
-		}
-		for k := range c.m {
-			if len(c.m) < c.max*3/4 {
-				break
-			}
-			delete(c.m, k)
-		}
-	}
-	c.m[h] = cl
 }
