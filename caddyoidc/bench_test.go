@@ -260,7 +260,8 @@ func makeTempDir() (string, error) { return os.MkdirTemp("", "caddy-oidc-bench-"
 // BenchmarkRefreshStorm: 200 concurrent AZAT requests for one user whose
 // provider token is stale, against a provider answering refreshes in 50 ms.
 // Reports the provider calls per storm (must be 1), the provider latency
-// and the p50/p99 of the 200 requests.
+// measured at the provider, the p50/p99 of the 200 requests and how much the
+// p99 exceeds the provider latency (target: <= 20 ms).
 func BenchmarkRefreshStorm(b *testing.B) {
 	e := benchSetup(b)
 	ctx := context.Background()
@@ -269,13 +270,14 @@ func BenchmarkRefreshStorm(b *testing.B) {
 	defer e.op.SetTokenDelay(0)
 	var lat []time.Duration
 	var calls int64
+	var idpTime time.Duration
 	for b.Loop() {
 		b.StopTimer()
 		// Make the grant stale: log in afresh so a refresh token exists.
 		if err := staleGrant(ctx, e); err != nil {
 			b.Fatal(err)
 		}
-		before := e.op.TokenCalls("refresh_token")
+		before, beforeTime := e.op.TokenCalls("refresh_token"), e.op.TokenTime("refresh_token")
 		b.StartTimer()
 		var wg sync.WaitGroup
 		var mu sync.Mutex
@@ -300,13 +302,19 @@ func BenchmarkRefreshStorm(b *testing.B) {
 		wg.Wait()
 		b.StopTimer()
 		calls += e.op.TokenCalls("refresh_token") - before
+		idpTime += e.op.TokenTime("refresh_token") - beforeTime
 		b.StartTimer()
 	}
 	slices.Sort(lat)
 	b.ReportMetric(float64(calls)/float64(b.N), "idp-calls/storm")
-	b.ReportMetric(50, "idp-ms")
+	// The provider's latency as measured at the OP (injected 50 ms plus its
+	// own work), per refresh call.
+	idpMS := float64(idpTime.Microseconds()) / 1000 / float64(max(calls, 1))
+	p99 := float64(lat[len(lat)*99/100].Microseconds()) / 1000
+	b.ReportMetric(idpMS, "idp-ms")
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
-	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+	b.ReportMetric(p99, "p99-ms")
+	b.ReportMetric(p99-idpMS, "p99-over-idp-ms")
 }
 
 // staleGrant replaces the user's grant with one whose provider access token
@@ -332,8 +340,7 @@ func staleGrant(ctx context.Context, e *benchEnv) error {
 }
 
 // BenchmarkGrantFootprint stores b.N grants and reports their size in
-// storage (file system). Their size in memory (the grant cache keeps at most
-// 100000) is about the tokens' length plus ~200 bytes.
+// storage (file system). Their size in memory is BenchmarkFootprintRAM's.
 func BenchmarkGrantFootprint(b *testing.B) {
 	dir := b.TempDir()
 	sealer, _ := seal.New([]byte(strings.Repeat("g", 32)), "azat-grants")

@@ -38,6 +38,11 @@ func (o *OP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			grant = r.URL.Query().Get("grant_type")
 		}
 		o.count(r.URL.Path, &grant)
+		defer func() {
+			o.countMu.Lock()
+			o.tokenTime[grant] += time.Since(start)
+			o.countMu.Unlock()
+		}()
 	} else {
 		o.count(r.URL.Path, nil)
 	}

@@ -197,6 +197,7 @@ type OP struct {
 
 	countMu    sync.Mutex
 	tokenCalls map[string]int64
+	tokenTime  map[string]time.Duration
 	requests   map[string]int64
 
 	down       atomic.Bool
@@ -338,6 +339,7 @@ func Start(opts Options) (*OP, error) {
 		provider:   provider,
 		logger:     opts.Logger,
 		tokenCalls: map[string]int64{},
+		tokenTime:  map[string]time.Duration{},
 		requests:   map[string]int64{},
 	}
 	o.handler = o.routes()
@@ -467,6 +469,16 @@ func (o *OP) TokenCalls(grantType string) int64 {
 	return o.tokenCalls[grantType]
 }
 
+// TokenTime returns the total time the token endpoint took to answer the
+// requests with this grant_type, injected delays included: from the request
+// reaching the OP to the response written (divide by TokenCalls for the
+// mean latency the relying party waits for).
+func (o *OP) TokenTime(grantType string) time.Duration {
+	o.countMu.Lock()
+	defer o.countMu.Unlock()
+	return o.tokenTime[grantType]
+}
+
 // Requests returns how many requests for this URL path (e.g. PathKeys,
 // PathDiscovery) the OP received, counted before fault injection.
 func (o *OP) Requests(path string) int64 {
@@ -480,6 +492,7 @@ func (o *OP) ResetCounters() {
 	o.countMu.Lock()
 	defer o.countMu.Unlock()
 	clear(o.tokenCalls)
+	clear(o.tokenTime)
 	clear(o.requests)
 }
 
