@@ -48,6 +48,12 @@ func FuzzDERToRaw(f *testing.F) {
 			if err != nil || !bytes.Equal(raw, raw2) {
 				t.Fatalf("re-encoded %x converts to %x, %v; first %x", re, raw2, err, raw)
 			}
+			// Soundness: only canonical DER is accepted (nothing
+			// non-minimal, negative, zero or with a long-form length that
+			// could be shorter).
+			if !bytes.Equal(re, der) {
+				t.Fatalf("non-canonical DER %x accepted (canonical %x)", der, re)
+			}
 		}
 
 		// Completeness: DER that is exactly what encoding/asn1 produces for

@@ -93,9 +93,9 @@ func derTLV(b []byte, tag byte) (content, rest []byte, err error) {
 	n, off := int(b[1]), 2
 	switch {
 	case n < 0x80:
-	case n == 0x81 && len(b) >= 3:
+	case n == 0x81 && len(b) >= 3 && b[2] >= 0x80: // DER: the shortest form
 		n, off = int(b[2]), 3
-	case n == 0x82 && len(b) >= 4:
+	case n == 0x82 && len(b) >= 4 && b[2] != 0:
 		n, off = int(b[2])<<8|int(b[3]), 4
 	default:
 		return nil, nil, errors.New("bad length")
@@ -106,10 +106,16 @@ func derTLV(b []byte, tag byte) (content, rest []byte, err error) {
 	return b[off : off+n], b[off+n:], nil
 }
 
-// putInt writes the big-endian unsigned integer v (DER, maybe with a leading
-// zero) right-aligned into dst.
+// putInt writes the DER INTEGER content v, which must be positive and
+// minimally encoded (a leading zero only before a byte with its top bit
+// set), right-aligned into dst.
 func putInt(dst, v []byte) error {
-	for len(v) > 0 && v[0] == 0 {
+	switch {
+	case len(v) == 0 || v[0]&0x80 != 0:
+		return errors.New("ecdsa signature: integer empty or negative")
+	case v[0] == 0 && (len(v) == 1 || v[1]&0x80 == 0):
+		return errors.New("ecdsa signature: integer zero or not minimally encoded")
+	case v[0] == 0:
 		v = v[1:]
 	}
 	if len(v) > len(dst) {

@@ -133,6 +133,13 @@ func TestValidate(t *testing.T) {
 		{"bad samesite", func(o *OIDC) { o.CookieSameSite = "sometimes" }, "samesite"},
 		{"reserved param", func(o *OIDC) { o.AuthParams = map[string]string{"state": "x"} }, "state"},
 		{"refresh_before too long", func(o *OIDC) { o.RefreshBefore = 1000 }, "refresh_before"},
+		{"cookie name ok", func(o *OIDC) { o.CookieName = "__Host-app_session" }, ""},
+		{"cookie name with =", func(o *OIDC) { o.CookieName = "a=b" }, "cookie_name"},
+		{"cookie name with ;", func(o *OIDC) { o.CookieName = "a;b" }, "cookie_name"},
+		{"cookie name with space", func(o *OIDC) { o.CookieName = "my session" }, "cookie_name"},
+		{"cookie name non-ASCII", func(o *OIDC) { o.CookieName = "sessión" }, "cookie_name"},
+		{"cookie name too long", func(o *OIDC) { o.CookieName = strings.Repeat("c", 65) }, "cookie_name"},
+		{"negative session_cache is fine", func(o *OIDC) { o.SessionCache = -1 }, ""},
 	}
 	for _, tt := range tests {
 		o := base()

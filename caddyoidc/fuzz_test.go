@@ -301,17 +301,12 @@ func FuzzSessionCookie(f *testing.F) {
 			}
 		}
 
-		// 5. Tampering with the sealed value: any change to the sealed
-		// bytes fails. (Only a non-canonical base64 spelling of the same
-		// bytes may still open.)
+		// 5. Tampering with the sealed value: any change fails, including
+		// a non-canonical base64 spelling of the same bytes.
 		tampered := tamperValue(value, tamper)
 		s, _ = fuzzOIDC(sealer).loadSession(cookieRequest(chunkHeader(tampered, cuts)))
-		if s != nil {
-			a, _ := base64.RawURLEncoding.DecodeString(value)
-			b, err := base64.RawURLEncoding.DecodeString(tampered)
-			if err != nil || !bytes.Equal(a, b) {
-				t.Fatalf("tampered value opened: %q -> %q", value, tampered)
-			}
+		if s != nil && tampered != value {
+			t.Fatalf("tampered value opened: %q -> %q", value, tampered)
 		}
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 )
@@ -124,7 +125,7 @@ func claimScalar(v any) string {
 	case bool:
 		return fmt.Sprint(t)
 	case float64:
-		return strings.TrimSuffix(strings.TrimRight(fmt.Sprintf("%f", t), "0"), ".")
+		return strconv.FormatFloat(t, 'f', -1, 64) // 3, 0.5, 1e-07 as 0.0000001
 	case json.Number:
 		return t.String()
 	default:

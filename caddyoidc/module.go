@@ -409,6 +409,9 @@ func (o *OIDC) Validate() error {
 	default:
 		return fmt.Errorf("oidc: session must be cookie or store, not %q", o.Session)
 	}
+	if o.CookieName != "" && !validCookieName(o.CookieName) {
+		return fmt.Errorf("oidc: cookie_name %q must be 1 to 64 letters, digits or !#$%%&'*+-.^_`|~", o.CookieName)
+	}
 	switch o.PassToken {
 	case "access", "id", "none":
 	default:
@@ -489,6 +492,23 @@ type runtime struct {
 var reservedAuthParams = map[string]bool{
 	"response_type": true, "client_id": true, "redirect_uri": true, "scope": true,
 	"state": true, "nonce": true, "code_challenge": true, "code_challenge_method": true,
+}
+
+// validCookieName tells whether name is an RFC 6265 cookie name (an RFC 7230
+// token) of reasonable length; chunk suffixes are added to it.
+func validCookieName(name string) bool {
+	if len(name) == 0 || len(name) > 64 {
+		return false
+	}
+	for _, c := range []byte(name) {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // Interface guards

@@ -204,3 +204,27 @@ func TestSameOrigin(t *testing.T) {
 		}
 	}
 }
+
+// TestClaimScalar: numbers render as JSON writes them, without exponent or
+// needless fraction; small fractions are not rounded to 0.
+func TestClaimScalar(t *testing.T) {
+	tests := []struct {
+		in   any
+		want string
+	}{
+		{"x", "x"},
+		{true, "true"},
+		{float64(3), "3"},
+		{float64(-42), "-42"},
+		{0.5, "0.5"},
+		{1e-7, "0.0000001"},
+		{float64(1 << 53), "9007199254740992"},
+		{1e21, "1000000000000000000000"},
+		{[]any{"a"}, `["a"]`},
+	}
+	for _, tt := range tests {
+		if got := claimScalar(tt.in); got != tt.want {
+			t.Errorf("claimScalar(%v) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}

@@ -59,7 +59,9 @@ func (s *Sealer) Seal(plaintext []byte, purpose string) string {
 
 // Open reverses Seal. It fails for any tampered, truncated or foreign value.
 func (s *Sealer) Open(value string, purpose string) ([]byte, error) {
-	raw, err := base64.RawURLEncoding.DecodeString(value)
+	// Strict: one spelling per sealed value (no non-zero padding bits), so
+	// a value is accepted exactly when it is what Seal wrote.
+	raw, err := base64.RawURLEncoding.Strict().DecodeString(value)
 	if err != nil {
 		return nil, ErrInvalid
 	}

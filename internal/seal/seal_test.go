@@ -17,6 +17,15 @@ func TestSealRoundTripAndTamper(t *testing.T) {
 	}
 	flip := []byte(v)
 	flip[len(flip)/2] ^= 1
+	// 12-byte nonce + 6 + 16-byte tag = 34 bytes: the last base64 character
+	// carries 4 padding bits; setting one spells the same bytes otherwise.
+	odd := s.Seal([]byte("hello!"), "session")
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	last := strings.IndexByte(alphabet, odd[len(odd)-1])
+	nonCanonical := odd[:len(odd)-1] + string(alphabet[last|1])
+	if _, err := s.Open(odd, "session"); err != nil || last&15 != 0 {
+		t.Fatalf("canonical value: %v (padding bits %b)", err, last&15)
+	}
 	tests := []struct {
 		name, value, purpose string
 		s                    *Sealer
@@ -25,6 +34,7 @@ func TestSealRoundTripAndTamper(t *testing.T) {
 		{"wrong key", v, "session", other},
 		{"tampered", string(flip), "session", s},
 		{"truncated", v[:10], "session", s},
+		{"non-canonical base64", nonCanonical, "session", s},
 		{"not base64", "!!!", "session", s},
 		{"empty", "", "session", s},
 	}
