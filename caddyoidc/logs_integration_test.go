@@ -3,6 +3,7 @@ package caddyoidc_test
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -117,6 +118,67 @@ func TestNoSecretsInLogs(t *testing.T) {
 			if len(needle) >= 16 && strings.Contains(logs, needle) {
 				t.Errorf("a secret (%.6s...) appears in the logs", s)
 			}
+		}
+	}
+}
+
+// TestAdminConfigKeepsPlaceholders: secrets given as placeholders are
+// resolved at provisioning, and the running configuration served by Caddy's
+// admin API still shows only the placeholders.
+func TestAdminConfigKeepsPlaceholders(t *testing.T) {
+	op := startOP(t, testop.Options{})
+	up := newUpstream(t)
+	id, secret := op.WebClient()
+	secrets := map[string]string{
+		"TEST_OIDC_CLIENT_SECRET": secret,
+		"TEST_OIDC_COOKIE_SECRET": "cookie-secret-from-env-0123456789abcdef",
+		"TEST_AZAT_GRANT_SECRET":  "grant-secret-from-env-0123456789abcdefgh",
+	}
+	for k, v := range secrets {
+		t.Setenv(k, v)
+	}
+	admin := "127.0.0.1:" + itoa(freePort(t))
+	site := "http://127.0.0.1:" + itoa(freePort(t))
+	loadCaddyfile(t, `{
+	admin `+admin+`
+	persist_config off
+	auto_https off
+	storage file_system `+t.TempDir()+`
+}
+`+site+` {
+	oidc {
+		issuer `+op.Issuer+`
+		client_id `+id+`
+		client_secret {env.TEST_OIDC_CLIENT_SECRET}
+		cookie_secret {env.TEST_OIDC_COOKIE_SECRET}
+		scopes openid profile email offline_access
+		azat {
+			grant_secret {env.TEST_AZAT_GRANT_SECRET}
+		}
+	}
+	reverse_proxy `+strings.TrimPrefix(up.URL, "http://")+`
+}`)
+	// The secrets work: a login succeeds (client secret, cookie secret) and
+	// mints an AZAT (grant secret).
+	c := browser()
+	login(t, c, op, site, "/")
+	if resp := get(t, c, site+"/auth/token"); resp.StatusCode != 200 {
+		t.Fatalf("token: %d %s", resp.StatusCode, body(t, resp))
+	}
+	resp, err := http.Get("http://" + admin + "/config/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := body(t, resp)
+	if resp.StatusCode != 200 || !strings.Contains(cfg, `"handler":"oidc"`) {
+		t.Fatalf("admin /config/: %d %s", resp.StatusCode, cfg)
+	}
+	for k, v := range secrets {
+		if strings.Contains(cfg, v) {
+			t.Errorf("the admin config shows the value of %s", k)
+		}
+		if !strings.Contains(cfg, "{env."+k+"}") {
+			t.Errorf("the admin config lost the placeholder {env.%s}", k)
 		}
 	}
 }
