@@ -100,13 +100,38 @@ func (s *Service) Verify(ctx context.Context, token, origin string) (*Claims, *G
 	}
 	h := sha256.Sum256([]byte(token))
 	now := time.Now()
-	c, ok := s.verified.Get(h, now)
-	if ok && !s.expected(c, origin) {
+	c, _ := s.verified.Get(h, now)
+	return s.verify(ctx, token, h, c, origin, now)
+}
+
+// VerifyOwn is Recognizes and Verify in one pass (one hash, one cache
+// lookup), for the request path: own is false, and nothing is verified,
+// for a token that is not to be verified as an AZAT of this site.
+func (s *Service) VerifyOwn(ctx context.Context, token, origin string) (c *Claims, g *Grant, own bool, err error) {
+	if len(token) > MaxTokenSize {
+		return nil, nil, false, nil // PeekIssuer gives no issuer either
+	}
+	h := sha256.Sum256([]byte(token))
+	now := time.Now()
+	c, hit := s.verified.Get(h, now)
+	iss := s.Issuer(origin)
+	if hit && c.Issuer != iss || !hit && PeekIssuer(token) != iss {
+		return nil, nil, false, nil
+	}
+	c, g, err = s.verify(ctx, token, h, c, origin, now)
+	return c, g, true, err
+}
+
+// verify finishes Verify: cached are the claims the cache holds for the
+// token's hash h, if any.
+func (s *Service) verify(ctx context.Context, token string, h [32]byte, cached *Claims, origin string, now time.Time) (*Claims, *Grant, error) {
+	c := cached
+	if c != nil && !s.expected(c, origin) {
 		// Verified for another origin of this site (issuer and audience
 		// default to the request's origin): check it again for this one.
-		ok = false
+		c = nil
 	}
-	if !ok {
+	if c == nil {
 		var err error
 		c, err = Verify(token, func(kid string) jwk.Key { return s.keyring.LookupOrReload(ctx, kid) },
 			Expectations{Issuer: s.Issuer(origin), Audience: s.Audience(origin), Now: now})

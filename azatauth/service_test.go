@@ -52,11 +52,22 @@ func TestVerifiedCacheIsBoundToOrigin(t *testing.T) {
 		if !errors.Is(err, tt.err) {
 			t.Errorf("%d: Verify at %q: %v, want %v", i, tt.origin, err, tt.err)
 		}
+		// VerifyOwn: verified (with Verify's outcome) exactly when recognized.
+		c, _, own, err := s.VerifyOwn(ctx, m.Token, tt.origin)
+		switch {
+		case own != tt.recognized:
+			t.Errorf("%d: VerifyOwn at %q: own %v", i, tt.origin, own)
+		case own && !errors.Is(err, tt.err), !own && (err != nil || c != nil):
+			t.Errorf("%d: VerifyOwn at %q: %v, %v", i, tt.origin, c, err)
+		}
 	}
 	// A token that is not an AZAT of this site is not recognized, cached or not.
 	for _, tok := range []string{"", "x", "a.b.c", strings.Repeat("a", MaxTokenSize+1)} {
 		if s.Recognizes(tok, a) {
 			t.Errorf("Recognizes(%.20q)", tok)
+		}
+		if _, _, own, err := s.VerifyOwn(ctx, tok, a); own || err != nil {
+			t.Errorf("VerifyOwn(%.20q) = %v, %v", tok, own, err)
 		}
 	}
 }

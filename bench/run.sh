@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/run.sh: load benchmark of the oidc handler behind Caddy's reverse_proxy.
 #
-# usage: bench/run.sh            (from anywhere; ~2.5 minutes with the defaults)
+# usage: bench/run.sh            (from anywhere; ~4.5 minutes with the defaults)
 #
 # Builds ./caddy when needed (./xcaddy.sh build --with-redis), bench/upstream
 # (200 "ok" to everything) and bench/op (internal/testop's OpenID Provider,
@@ -13,14 +13,16 @@
 #   bearer  the same oidc config, a provider JWT access token (Authorization)
 #   azat    oidc { ... azat }, an AZAT minted by /auth/token (Authorization)
 #
-# then runs wrk against each, ROUNDS times interleaved (plain, cookie, bearer,
-# azat, plain, ...), and prints a Markdown table of the medians over the
-# rounds: req/s, p50, p99, and req/s relative to plain. Everything it starts is
+# then runs wrk against each, ROUNDS times interleaved with plain (plain,
+# cookie, plain, bearer, plain, azat, plain, ...), and prints a Markdown table
+# of the medians over the rounds: req/s, p50, p99, and the median of each
+# run's req/s relative to the plain runs just before and after it (paired
+# ratios: the machine's speed drifts within minutes). Everything it starts is
 # stopped on exit; no traffic leaves 127.0.0.1.
 #
 # Environment:
-#   DURATION=10s      length of each measured wrk run
-#   ROUNDS=3          measured runs per scenario (interleaved)
+#   DURATION=4s       length of each measured wrk run
+#   ROUNDS=8          measured runs per scenario (interleaved with plain)
 #   WARMUP=2s         one unmeasured run per scenario first ("0" skips it)
 #   THREADS=2 CONNS=32  wrk -t / -c
 #   SCENARIOS="plain cookie bearer azat"  which ones (plain is needed for the
@@ -50,8 +52,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-DURATION=${DURATION:-10s}
-ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-4s}
+ROUNDS=${ROUNDS:-8}
 WARMUP=${WARMUP:-2s}
 THREADS=${THREADS:-2}
 CONNS=${CONNS:-32}
@@ -360,12 +362,21 @@ wait_quiet "$QUIET_WAIT"
 START=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 retries=$RETRIES
+# Each round runs plain between every other scenario (plain s1 plain s2 ...
+# plain), so that every run of a scenario has a plain run just before and
+# just after it: see paired() below.
+n=0
 for r in $(seq 1 "$ROUNDS"); do
+	seq_round=(plain)
 	for s in $SCENARIOS; do
+		[[ $s == plain ]] || seq_round+=("$s" plain)
+	done
+	for s in "${seq_round[@]}"; do
+		n=$((n + 1))
 		while :; do
 			say "round $r/$ROUNDS: $s ($DURATION)"
-			measure "$s" "$DURATION" "$WORK/wrk-$s-$r.txt"
-			res=$(parse "$WORK/wrk-$s-$r.txt")
+			measure "$s" "$DURATION" "$WORK/wrk-$n.txt"
+			res=$(parse "$WORK/wrk-$n.txt")
 			read -r rps p50 p99 cpu other ucpu wcpu <<<"$res"
 			say "  $rps req/s, p50 ${p50}ms, p99 ${p99}ms; CPU/req: Caddy ${cpu}us, upstream ${ucpu}us, wrk ${wcpu}us; other processes ${other}% CPU"
 			if awk -v o="$other" -v m="$QUIET_MAX" 'BEGIN { exit !(o >= m) }' && ((retries > 0)); then
@@ -377,20 +388,35 @@ for r in $(seq 1 "$ROUNDS"); do
 			break
 		done
 		echo "$res" >>"$WORK/results-$s.txt"
+		echo "$s $rps" >>"$WORK/sequence.txt"
 	done
 done
 
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 col() { awk -v c="$2" '{print $c}' "$WORK/results-$1.txt" | median; }
+# paired S: for every run of S, its req/s over the mean req/s of the plain
+# runs just before and just after it, as "median min max" over the runs.
+# The machine's speed drifts by +-20 % within minutes (other tenants of the
+# host); runs seconds apart see the same speed, so these ratios are far
+# steadier than a ratio of medians.
+paired() {
+	awk -v s="$1" '{name[NR] = $1; rps[NR] = $2}
+		END { for (i = 2; i < NR; i++) if (name[i] == s && name[i-1] == "plain" && name[i+1] == "plain")
+			print rps[i] / ((rps[i-1] + rps[i+1]) / 2) }' "$WORK/sequence.txt" >"$WORK/ratios-$1.txt"
+	[[ $1 == plain ]] && { echo "1 1 1"; return; }
+	echo "$(median <"$WORK/ratios-$1.txt") $(sort -g "$WORK/ratios-$1.txt" | head -1) $(sort -g "$WORK/ratios-$1.txt" | tail -1)"
+}
 PLAIN_RPS=$(col plain 1)
 {
-	echo "| scenario | req/s | p50 (ms) | p99 (ms) | ratio to plain | Caddy CPU µs/req |"
-	echo "|---|---:|---:|---:|---:|---:|"
+	echo "| scenario | req/s | p50 (ms) | p99 (ms) | ratio to plain (paired, median) | paired min-max | Caddy CPU µs/req |"
+	echo "|---|---:|---:|---:|---:|---:|---:|"
 	for s in $SCENARIOS; do
 		rps=$(col "$s" 1)
-		awk -v s="$s" -v rps="$rps" -v p50="$(col "$s" 2)" -v p99="$(col "$s" 3)" -v cpu="$(col "$s" 4)" -v base="$PLAIN_RPS" \
-			'BEGIN { printf "| %s | %.0f | %.2f | %.2f | %.2fx | %.0f |\n", s, rps, p50, p99, rps / base, cpu }'
+		read -r pm pmin pmax <<<"$(paired "$s")"
+		awk -v s="$s" -v rps="$rps" -v p50="$(col "$s" 2)" -v p99="$(col "$s" 3)" -v cpu="$(col "$s" 4)" \
+			-v pm="$pm" -v pmin="$pmin" -v pmax="$pmax" \
+			'BEGIN { printf "| %s | %.0f | %.2f | %.2f | %.2fx | %.2f-%.2f | %.0f |\n", s, rps, p50, p99, pm, pmin, pmax, cpu }'
 	done
 } >"$WORK/table.md"
 
@@ -408,6 +434,10 @@ fi
 echo "per round: req/s (CPU µs/req of Caddy / upstream / wrk; CPU used by processes this run did not start, % of the machine):"
 for s in $SCENARIOS; do
 	echo "  $s: $(awk '{printf "%.0f (%.0f/%.0f/%.0f; %.0f%%)  ", $1, $4, $6, $7, $5}' "$WORK/results-$s.txt")"
+done
+echo "paired ratios (each run over the mean of the plain runs around it):"
+for s in $SCENARIOS; do
+	[[ $s == plain ]] || echo "  $s: $(awk '{printf "%.2f ", $1}' "$WORK/ratios-$s.txt")"
 done
 
 # ---- profile ------------------------------------------------------------

@@ -20,12 +20,13 @@ func (o *OIDC) isAZAT(r *http.Request, tok string) bool {
 	return o.azat != nil && o.azat.Recognizes(tok, origin(r))
 }
 
-// verifyAZAT verifies an AZAT and returns the identity and the provider
-// tokens to send upstream, refreshing them first when they are stale.
-func (o *OIDC) verifyAZAT(ctx context.Context, r *http.Request, p *provider, tok string) (*identity, upstreamTokens, error) {
-	claims, g, err := o.azat.Verify(ctx, tok, origin(r))
-	if err != nil {
-		return nil, upstreamTokens{}, err
+// verifyAZAT verifies an AZAT of this site (own is false for any other
+// token) and returns the identity and the provider tokens to send upstream,
+// refreshing them first when they are stale.
+func (o *OIDC) verifyAZAT(ctx context.Context, r *http.Request, p *provider, tok string) (*identity, upstreamTokens, bool, error) {
+	claims, g, own, err := o.azat.VerifyOwn(ctx, tok, origin(r))
+	if !own || err != nil {
+		return nil, upstreamTokens{}, own, err
 	}
 	now := time.Now()
 	if g.NeedsRefresh(now, time.Duration(o.RefreshBefore)) {
@@ -34,10 +35,10 @@ func (o *OIDC) verifyAZAT(ctx context.Context, r *http.Request, p *provider, tok
 		case err == nil:
 			g = ng
 		case errors.Is(err, errGrantGone):
-			return nil, upstreamTokens{}, azatauth.ErrNoGrant
+			return nil, upstreamTokens{}, true, azatauth.ErrNoGrant
 		default:
 			if g.AccessToken == "" || (g.Expiry != 0 && now.Unix() >= g.Expiry) {
-				return nil, upstreamTokens{}, errIdPUnavailable
+				return nil, upstreamTokens{}, true, errIdPUnavailable
 			}
 		}
 	}
@@ -47,7 +48,7 @@ func (o *OIDC) verifyAZAT(ctx context.Context, r *http.Request, p *provider, tok
 		id.GrantKey = claims.Subject
 		return id
 	}).(*identity)
-	return id, upstreamTokens{access: g.AccessToken, id: g.IDToken}, nil
+	return id, upstreamTokens{access: g.AccessToken, id: g.IDToken}, true, nil
 }
 
 // refreshGrant refreshes the provider tokens of a grant: one provider call

@@ -61,8 +61,10 @@ func (o *OIDC) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 // answered the request.
 func (o *OIDC) authenticate(w http.ResponseWriter, r *http.Request, p *provider) (*identity, upstreamTokens, bool) {
 	if tok, ok := bearerToken(r); ok {
-		if o.isAZAT(r, tok) {
-			return o.authenticateAZAT(w, r, p, tok)
+		if o.azat != nil {
+			if id, up, own, ok := o.authenticateAZAT(w, r, p, tok); own {
+				return id, up, ok
+			}
 		}
 		id, err := o.verifyBearer(r.Context(), p, tok)
 		if err != nil {
@@ -120,12 +122,15 @@ func (o *OIDC) authenticate(w http.ResponseWriter, r *http.Request, p *provider)
 	return s.Identity, upstreamTokens{access: s.AccessToken, id: s.IDToken}, true
 }
 
-// authenticateAZAT verifies an AZAT bearer token.
-func (o *OIDC) authenticateAZAT(w http.ResponseWriter, r *http.Request, p *provider, tok string) (*identity, upstreamTokens, bool) {
-	id, up, err := o.verifyAZAT(r.Context(), r, p, tok)
+// authenticateAZAT verifies a bearer token that is an AZAT of this site (own;
+// any other token is left alone, with own false).
+func (o *OIDC) authenticateAZAT(w http.ResponseWriter, r *http.Request, p *provider, tok string) (id *identity, up upstreamTokens, own, ok bool) {
+	id, up, own, err := o.verifyAZAT(r.Context(), r, p, tok)
 	switch {
+	case !own:
+		return nil, upstreamTokens{}, false, false
 	case err == nil:
-		return id, up, true
+		return id, up, true, true
 	case errors.Is(err, errIdPUnavailable), errors.Is(err, azatauth.ErrStore):
 		count(metrics.verifications, "azat", "unavailable")
 		o.logger.Warn("azat: provider or grant store unavailable", errField(err))
@@ -140,7 +145,7 @@ func (o *OIDC) authenticateAZAT(w http.ResponseWriter, r *http.Request, p *provi
 		o.logger.Info("azat rejected", errField(err), zap.String("remote", r.RemoteAddr))
 		o.writeError(w, r, http.StatusUnauthorized, "invalid_token", "the access token is invalid")
 	}
-	return nil, upstreamTokens{}, false
+	return nil, upstreamTokens{}, true, false
 }
 
 // stripOwnCookies removes this handler's cookies from the upstream request
