@@ -2,6 +2,7 @@ package azatauth
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"strings"
 	"testing"
@@ -53,7 +54,7 @@ func TestVerifiedCacheIsBoundToOrigin(t *testing.T) {
 			t.Errorf("%d: Verify at %q: %v, want %v", i, tt.origin, err, tt.err)
 		}
 		// VerifyOwn: verified (with Verify's outcome) exactly when recognized.
-		c, _, own, err := s.VerifyOwn(ctx, m.Token, tt.origin)
+		c, _, own, err := s.VerifyOwn(ctx, m.Token, sha256.Sum256([]byte(m.Token)), tt.origin)
 		switch {
 		case own != tt.recognized:
 			t.Errorf("%d: VerifyOwn at %q: own %v", i, tt.origin, own)
@@ -66,7 +67,7 @@ func TestVerifiedCacheIsBoundToOrigin(t *testing.T) {
 		if s.Recognizes(tok, a) {
 			t.Errorf("Recognizes(%.20q)", tok)
 		}
-		if _, _, own, err := s.VerifyOwn(ctx, tok, a); own || err != nil {
+		if _, _, own, err := s.VerifyOwn(ctx, tok, sha256.Sum256([]byte(tok)), a); own || err != nil {
 			t.Errorf("VerifyOwn(%.20q) = %v, %v", tok, own, err)
 		}
 	}

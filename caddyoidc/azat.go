@@ -23,8 +23,8 @@ func (o *OIDC) isAZAT(r *http.Request, tok string) bool {
 // verifyAZAT verifies an AZAT of this site (own is false for any other
 // token) and returns the identity and the provider tokens to send upstream,
 // refreshing them first when they are stale.
-func (o *OIDC) verifyAZAT(ctx context.Context, r *http.Request, p *provider, tok string) (*identity, upstreamTokens, bool, error) {
-	claims, g, own, err := o.azat.VerifyOwn(ctx, tok, origin(r))
+func (o *OIDC) verifyAZAT(ctx context.Context, r *http.Request, p *provider, tok string, h [32]byte) (*identity, upstreamTokens, bool, error) {
+	claims, g, own, err := o.azat.VerifyOwn(ctx, tok, h, origin(r))
 	if !own || err != nil {
 		return nil, upstreamTokens{}, own, err
 	}

@@ -35,10 +35,21 @@ func isJWT(tok string) bool { return strings.Count(tok, ".") == 2 }
 // the provider's keys, an opaque token by introspection. Results are cached
 // by the token's SHA-256 until its expiry.
 func (o *OIDC) verifyBearer(ctx context.Context, p *provider, tok string) (*identity, error) {
+	return o.verifyBearerHash(ctx, p, tok, tokenHash(tok))
+}
+
+// knownBearer tells whether the token of hash h is a provider token verified
+// before (and not expired).
+func (o *OIDC) knownBearer(h [32]byte) bool {
+	_, ok := o.rt.introspected.Get(h, time.Now())
+	return ok
+}
+
+// verifyBearerHash is verifyBearer for a token whose hash h is known.
+func (o *OIDC) verifyBearerHash(ctx context.Context, p *provider, tok string, h [32]byte) (*identity, error) {
 	if len(tok) > maxTokenSize {
 		return nil, errTokenTooLarge
 	}
-	h := tokenHash(tok)
 	now := time.Now()
 	if id, ok := o.rt.introspected.Get(h, now); ok {
 		count(metrics.cacheHits, "bearer")

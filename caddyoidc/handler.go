@@ -61,12 +61,15 @@ func (o *OIDC) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 // answered the request.
 func (o *OIDC) authenticate(w http.ResponseWriter, r *http.Request, p *provider) (*identity, upstreamTokens, bool) {
 	if tok, ok := bearerToken(r); ok {
-		if o.azat != nil {
-			if id, up, own, ok := o.authenticateAZAT(w, r, p, tok); own {
+		h := tokenHash(tok)
+		// A provider token verified before is one; anything else may be an
+		// AZAT of this site (its cache or its iss tells).
+		if o.azat != nil && !o.knownBearer(h) {
+			if id, up, own, ok := o.authenticateAZAT(w, r, p, tok, h); own {
 				return id, up, ok
 			}
 		}
-		id, err := o.verifyBearer(r.Context(), p, tok)
+		id, err := o.verifyBearerHash(r.Context(), p, tok, h)
 		if err != nil {
 			if errors.Is(err, errIdPUnavailable) {
 				count(metrics.verifications, "bearer", "unavailable")
@@ -124,8 +127,8 @@ func (o *OIDC) authenticate(w http.ResponseWriter, r *http.Request, p *provider)
 
 // authenticateAZAT verifies a bearer token that is an AZAT of this site (own;
 // any other token is left alone, with own false).
-func (o *OIDC) authenticateAZAT(w http.ResponseWriter, r *http.Request, p *provider, tok string) (id *identity, up upstreamTokens, own, ok bool) {
-	id, up, own, err := o.verifyAZAT(r.Context(), r, p, tok)
+func (o *OIDC) authenticateAZAT(w http.ResponseWriter, r *http.Request, p *provider, tok string, h [32]byte) (id *identity, up upstreamTokens, own, ok bool) {
+	id, up, own, err := o.verifyAZAT(r.Context(), r, p, tok, h)
 	switch {
 	case !own:
 		return nil, upstreamTokens{}, false, false
