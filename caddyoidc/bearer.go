@@ -26,7 +26,8 @@ func bearerToken(r *http.Request) (string, bool) {
 	if len(h) < 7 || !strings.EqualFold(h[:7], "bearer ") {
 		return "", false
 	}
-	return strings.TrimSpace(h[7:]), true
+	tok := strings.TrimSpace(h[7:])
+	return tok, tok != "" // "Bearer" alone carries no credentials
 }
 
 func isJWT(tok string) bool { return strings.Count(tok, ".") == 2 }

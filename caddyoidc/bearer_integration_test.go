@@ -91,6 +91,13 @@ func TestBearerTokens(t *testing.T) {
 		})
 	}
 
+	t.Run("empty bearer token: no credentials", func(t *testing.T) {
+		resp := get(t, c, site.URL+"/api", "Authorization", "Bearer ")
+		if resp.StatusCode != 401 || resp.Header.Get("WWW-Authenticate") != `Bearer realm="`+strings.TrimPrefix(site.URL, "http://")+`"` {
+			t.Fatalf("%d %q", resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
+		}
+	})
+
 	t.Run("key rotation: new kid is fetched", func(t *testing.T) {
 		if err := op.RotateSigningKey(); err != nil {
 			t.Fatal(err)

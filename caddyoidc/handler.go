@@ -61,7 +61,10 @@ func (o *OIDC) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 // answered the request.
 func (o *OIDC) authenticate(w http.ResponseWriter, r *http.Request, p *provider) (*identity, upstreamTokens, bool) {
 	if tok, ok := bearerToken(r); ok {
-		h := tokenHash(tok)
+		var h [32]byte
+		if len(tok) <= maxTokenSize { // larger ones are refused unread
+			h = tokenHash(tok)
+		}
 		// A provider token verified before is one; anything else may be an
 		// AZAT of this site (its cache or its iss tells).
 		if o.azat != nil && !o.knownBearer(h) {
