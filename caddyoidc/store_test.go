@@ -42,7 +42,7 @@ func TestStoredSessionCache(t *testing.T) {
 		t.Cleanup(func() { _ = o.Cleanup() })
 		return o, st
 	}
-	const ttl = 300 * time.Millisecond
+	const ttl = 2 * time.Second // long enough for a loaded machine between two steps
 	a, stA := instance(ttl)
 	b, stB := instance(ttl)
 	strict, stStrict := instance(-1)
