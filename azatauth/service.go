@@ -112,9 +112,8 @@ func (s *Service) VerifyOwn(ctx context.Context, token string, h [32]byte, origi
 		return nil, nil, false, nil // PeekIssuer gives no issuer either
 	}
 	now := time.Now()
-	c, hit := s.verified.Get(h, now)
-	iss := s.Issuer(origin)
-	if hit && c.Issuer != iss || !hit && PeekIssuer(token) != iss {
+	c, _ = s.verified.Get(h, now)
+	if !s.owns(token, c, origin) {
 		return nil, nil, false, nil
 	}
 	c, g, err = s.verify(ctx, token, h, c, origin, now)
@@ -158,10 +157,19 @@ func (s *Service) verify(ctx context.Context, token string, h [32]byte, cached *
 // verified-token cache answers without decoding it); any other token is
 // when its unverified iss is this site's issuer. Never a verification.
 func (s *Service) Recognizes(token, origin string) bool {
+	var cached *Claims
 	if len(token) <= MaxTokenSize {
-		if c, ok := s.verified.Get(sha256.Sum256([]byte(token)), time.Now()); ok && c.Issuer == s.Issuer(origin) {
-			return true
-		}
+		cached, _ = s.verified.Get(sha256.Sum256([]byte(token)), time.Now())
+	}
+	return s.owns(token, cached, origin)
+}
+
+// owns is the routing rule of Recognizes and VerifyOwn: cached, the claims
+// the verified-token cache holds for the token (nil when none), name this
+// origin's issuer, or else the token's unverified iss does.
+func (s *Service) owns(token string, cached *Claims, origin string) bool {
+	if cached != nil {
+		return cached.Issuer == s.Issuer(origin)
 	}
 	return PeekIssuer(token) == s.Issuer(origin)
 }

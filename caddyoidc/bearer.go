@@ -36,25 +36,31 @@ func isJWT(tok string) bool { return strings.Count(tok, ".") == 2 }
 // the provider's keys, an opaque token by introspection. Results are cached
 // by the token's SHA-256 until its expiry.
 func (o *OIDC) verifyBearer(ctx context.Context, p *provider, tok string) (*identity, error) {
-	return o.verifyBearerHash(ctx, p, tok, tokenHash(tok))
-}
-
-// knownBearer tells whether the token of hash h is a provider token verified
-// before (and not expired).
-func (o *OIDC) knownBearer(h [32]byte) bool {
-	_, ok := o.rt.introspected.Get(h, time.Now())
-	return ok
-}
-
-// verifyBearerHash is verifyBearer for a token whose hash h is known.
-func (o *OIDC) verifyBearerHash(ctx context.Context, p *provider, tok string, h [32]byte) (*identity, error) {
 	if len(tok) > maxTokenSize {
 		return nil, errTokenTooLarge
 	}
-	now := time.Now()
-	if id, ok := o.rt.introspected.Get(h, now); ok {
-		count(metrics.cacheHits, "bearer")
+	h := tokenHash(tok)
+	if id, ok := o.cachedBearer(h); ok {
 		return id, nil
+	}
+	return o.verifyBearerUncached(ctx, p, tok, h)
+}
+
+// cachedBearer returns the identity of a provider token (of hash h)
+// verified before and not expired.
+func (o *OIDC) cachedBearer(h [32]byte) (*identity, bool) {
+	id, ok := o.rt.introspected.Get(h, time.Now())
+	if ok {
+		count(metrics.cacheHits, "bearer")
+	}
+	return id, ok
+}
+
+// verifyBearerUncached verifies a provider token not in the cache, and
+// caches the result.
+func (o *OIDC) verifyBearerUncached(ctx context.Context, p *provider, tok string, h [32]byte) (*identity, error) {
+	if len(tok) > maxTokenSize {
+		return nil, errTokenTooLarge
 	}
 	var (
 		id  *identity

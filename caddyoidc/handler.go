@@ -67,12 +67,15 @@ func (o *OIDC) authenticate(w http.ResponseWriter, r *http.Request, p *provider)
 		}
 		// A provider token verified before is one; anything else may be an
 		// AZAT of this site (its cache or its iss tells).
-		if o.azat != nil && !o.knownBearer(h) {
+		if id, ok := o.cachedBearer(h); ok {
+			return id, upstreamTokens{access: tok}, true
+		}
+		if o.azat != nil {
 			if id, up, own, ok := o.authenticateAZAT(w, r, p, tok, h); own {
 				return id, up, ok
 			}
 		}
-		id, err := o.verifyBearerHash(r.Context(), p, tok, h)
+		id, err := o.verifyBearerUncached(r.Context(), p, tok, h)
 		if err != nil {
 			if errors.Is(err, errIdPUnavailable) {
 				count(metrics.verifications, "bearer", "unavailable")
