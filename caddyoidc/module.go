@@ -292,7 +292,7 @@ func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.S
 	// stored JSON, so the config dump keeps only the placeholder).
 	var err error
 	resolve := func(s string) (string, error) { return repl.ReplaceOrErr(s, true, true) }
-	rt := &runtime{}
+	rt := &runtime{root: "caddy-oidc/"}
 	if rt.issuer, err = resolve(o.Issuer); err != nil {
 		return fmt.Errorf("issuer: %v", err)
 	}
@@ -486,7 +486,13 @@ type runtime struct {
 	codeTries        userCodeTries
 	revoked          revocations
 	mu               sync.Mutex
+	// root is the storage prefix of this handler's namespace (ends in /).
+	root string
 }
+
+// key is the storage key of rel (e.g. "sessions/<hash>") in this handler's
+// namespace: every storage key of the handler goes through it.
+func (o *OIDC) key(rel string) string { return o.rt.root + rel }
 
 // reservedAuthParams cannot be set with auth_param.
 var reservedAuthParams = map[string]bool{
