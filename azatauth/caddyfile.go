@@ -16,6 +16,7 @@ import (
 //		audience     <aud>
 //		grant_secret <secret>
 //		fallback     access_token
+//		logout       revoke|keep
 //		trust        <jwks-url>
 //		verify_only
 //		grant_cache  <duration>
@@ -87,6 +88,8 @@ func (c *Config) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = one(&c.GrantSecret)
 		case "fallback":
 			err = one(&c.Fallback)
+		case "logout":
+			err = one(&c.Logout)
 		case "trust":
 			err = one(&c.Trust)
 		case "grant_cache":

@@ -63,6 +63,12 @@ type Config struct {
 	// provider access token when the user has no stored grant, instead of 409.
 	Fallback string `json:"fallback,omitempty"`
 
+	// Logout says what a browser logout does to the user's AZATs: `revoke`
+	// (default) drops the user's grant, revoking the refresh token at the
+	// provider and every AZAT of the user; `keep` leaves the grant, so AZATs
+	// (a CLI's, a script's) keep working until revoked at `<routes>/revoke`.
+	Logout string `json:"logout,omitempty"`
+
 	// Trust is a JWKS URL of another site whose AZATs this site verifies
 	// (with the grant store shared through storage). Without it, keys come
 	// from Caddy storage.
@@ -76,6 +82,13 @@ type Config struct {
 	// once; one made on another instance sharing the storage within this
 	// time. Default: 1s; negative: always read storage.
 	GrantCache caddy.Duration `json:"grant_cache,omitempty"`
+
+	// Namespace is set by the oidc handler (never configured): the
+	// namespace the grant sealer's key derivation is bound to.
+	Namespace string `json:"-"`
+	// SiteOrigin is set by the oidc handler: the site's origin from its
+	// configuration, the default Issuer.
+	SiteOrigin string `json:"-"`
 }
 
 const (
@@ -114,6 +127,9 @@ func (c *Config) Provision(ctx context.Context, logger *zap.Logger, st certmagic
 	repl := caddy.NewReplacer()
 	s := &Service{cfg: c, logger: logger, verified: expiry.New[[32]byte, *Claims](maxVerifiedCache)}
 	s.issuer = repl.ReplaceKnown(c.Issuer, "")
+	if s.issuer == "" {
+		s.issuer = c.SiteOrigin
+	}
 	s.audience = repl.ReplaceKnown(c.Audience, "")
 
 	secret := ""
@@ -125,7 +141,7 @@ func (c *Config) Provision(ctx context.Context, logger *zap.Logger, st certmagic
 	} else if secret, err = seal.LoadOrCreateSecret(ctx, st, grantSecretKey); err != nil {
 		return nil, fmt.Errorf("azat grant secret from storage: %v", err)
 	}
-	sealer, err := seal.New([]byte(secret), "azat-grants")
+	sealer, err := seal.New([]byte(secret), "azat-grants\x00"+c.Namespace)
 	if err != nil {
 		return nil, fmt.Errorf("azat grant_secret: %v", err)
 	}
@@ -236,6 +252,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Lifetime < 0 {
 		return errors.New("azat: lifetime must be positive")
+	}
+	if c.Logout != "" && c.Logout != "revoke" && c.Logout != "keep" {
+		return fmt.Errorf("azat: logout must be revoke or keep, not %q", c.Logout)
 	}
 	if c.Fallback != "" && c.Fallback != "access_token" {
 		return fmt.Errorf("azat: fallback must be access_token, not %q", c.Fallback)

@@ -48,6 +48,10 @@ func (s *Service) JWKSPath() string {
 	return s.cfg.JWKSPath
 }
 
+// KeepOnLogout tells whether a browser logout leaves the user's grant (and
+// AZATs) alone (`logout keep`).
+func (s *Service) KeepOnLogout() bool { return s.cfg.Logout == "keep" }
+
 // CanMint tells whether this site mints (not verify-only).
 func (s *Service) CanMint() bool { return !s.cfg.VerifyOnly }
 

@@ -239,7 +239,7 @@ func TestAZATVerifyOnlySite(t *testing.T) {
 	a, b := "http://127.0.0.1:"+itoa(pa), "http://127.0.0.1:"+itoa(pb)
 	block := func(azat string) string {
 		return "oidc {\n\t\tissuer " + op.Issuer + "\n\t\tclient_id " + id + "\n\t\tclient_secret " + secret +
-			"\n\t\tscopes openid profile email offline_access\n\t\tazat " + azat + "\n\t}\n\treverse_proxy " +
+			"\n\t\tscopes openid profile email offline_access\n\t\tnamespace files\n\t\tazat " + azat + "\n\t}\n\treverse_proxy " +
 			strings.TrimPrefix(up.URL, "http://")
 	}
 	cf := "{\n\tadmin off\n\tpersist_config off\n\tauto_https off\n\tstorage file_system " + t.TempDir() + "\n}\n" +

@@ -9,7 +9,6 @@ import (
 	"io/fs"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -24,11 +23,7 @@ import (
 // server-side) a revocation is written to storage and every instance reloads
 // the revocations every revocationReload.
 
-const (
-	indexPrefix      = "caddy-oidc/index/"
-	revokedPrefix    = "caddy-oidc/revoked/"
-	revocationReload = 5 * time.Second
-)
+const indexPrefix = "caddy-oidc/index/"
 
 func hashKey(parts ...string) string {
 	h := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
@@ -75,112 +70,6 @@ func (o *OIDC) endIndexed(ctx context.Context, index string) (int, error) {
 	return n, nil
 }
 
-// revocation ends cookie sessions: those of a provider sid, or every
-// session of a sub created before At.
-type revocation struct {
-	Kind  string `json:"kind"` // sid or sub
-	Key   string `json:"key"`  // hashKey(iss, sid|sub)
-	At    int64  `json:"at"`
-	Until int64  `json:"until"` // when every affected session has expired
-}
-
-// revocations is the in-memory copy of the stored revocations.
-type revocations struct {
-	mu   sync.RWMutex
-	sids map[string]int64 // key -> until
-	subs map[string]int64 // key -> at
-}
-
-func (rv *revocations) set(list []revocation) {
-	sids, subs := map[string]int64{}, map[string]int64{}
-	for _, r := range list {
-		if r.Kind == "sid" {
-			sids[r.Key] = r.Until
-		} else if r.At > subs[r.Key] {
-			subs[r.Key] = r.At
-		}
-	}
-	rv.mu.Lock()
-	rv.sids, rv.subs = sids, subs
-	rv.mu.Unlock()
-}
-
-func (rv *revocations) add(r revocation) {
-	rv.mu.Lock()
-	defer rv.mu.Unlock()
-	if rv.sids == nil {
-		rv.sids, rv.subs = map[string]int64{}, map[string]int64{}
-	}
-	if r.Kind == "sid" {
-		rv.sids[r.Key] = r.Until
-	} else if r.At > rv.subs[r.Key] {
-		rv.subs[r.Key] = r.At
-	}
-}
-
-// revoked tells whether a cookie session was ended by a back-channel logout.
-func (rv *revocations) revoked(s *session) bool {
-	rv.mu.RLock()
-	defer rv.mu.RUnlock()
-	if len(rv.sids) == 0 && len(rv.subs) == 0 {
-		return false
-	}
-	if s.ProviderSID != "" {
-		if _, ok := rv.sids[hashKey(s.Identity.Issuer, s.ProviderSID)]; ok {
-			return true
-		}
-	}
-	at, ok := rv.subs[hashKey(s.Identity.Issuer, s.Identity.Subject)]
-	return ok && s.Created <= at
-}
-
-// loadRevocations reads the stored revocations, dropping expired ones.
-func (o *OIDC) loadRevocations(ctx context.Context) error {
-	keys, err := o.storage.List(ctx, strings.TrimSuffix(revokedPrefix, "/"), false)
-	if errors.Is(err, fs.ErrNotExist) {
-		o.rt.revoked.set(nil)
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	now := time.Now().Unix()
-	var list []revocation
-	for _, k := range keys {
-		b, err := o.storage.Load(ctx, k)
-		if err != nil {
-			continue
-		}
-		var r revocation
-		if json.Unmarshal(b, &r) != nil {
-			continue
-		}
-		if r.Until < now {
-			_ = o.storage.Delete(ctx, k)
-			continue
-		}
-		list = append(list, r)
-	}
-	o.rt.revoked.set(list)
-	return nil
-}
-
-// watchRevocations reloads revocations until ctx ends.
-func (o *OIDC) watchRevocations(ctx context.Context) {
-	t := time.NewTicker(revocationReload)
-	defer t.Stop()
-	for {
-		if err := o.loadRevocations(ctx); err != nil {
-			o.logger.Warn("loading back-channel logout revocations failed", errField(err))
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
 // serveBackchannelLogout validates a logout token and ends the sessions it
 // names. Any invalid token gets 400 and ends nothing.
 func (o *OIDC) serveBackchannelLogout(w http.ResponseWriter, r *http.Request, p *provider) {
@@ -225,45 +114,51 @@ func (o *OIDC) serveBackchannelLogout(w http.ResponseWriter, r *http.Request, p 
 		bad("logout token issued in the future", nil)
 		return
 	}
-	if !o.rt.usedStates.Add("logout\x00"+lt.TokenID, struct{}{}, lt.Expiry) {
+	ctx := context.WithoutCancel(r.Context())
+	iss := lt.Issuer
+	// Replays are refused by a marker shared through storage, written only
+	// once the logout took effect: a provider retrying after a 503 is heard.
+	marker := o.key("backchannel/jti/" + hashKey(iss, lt.TokenID))
+	if o.storage.Exists(ctx, marker) {
 		bad("logout token replayed", nil)
 		return
 	}
-	ctx := context.WithoutCancel(r.Context())
-	iss := lt.Issuer
+	unavailable := func(err error) {
+		o.logger.Error("back-channel logout: storage", errField(err))
+		w.Header().Set("Retry-After", "5")
+		writeJSON(w, http.StatusServiceUnavailable, oauthError{Error: "temporarily_unavailable"})
+	}
 	ended := 0
 	if o.Session == "store" {
 		for _, idx := range indexesFor(iss, lt.SessionID, lt.Subject) {
 			n, err := o.endIndexed(ctx, idx)
 			if err != nil {
-				o.logger.Error("back-channel logout: storage", errField(err))
-				writeJSON(w, http.StatusServiceUnavailable, oauthError{Error: "temporarily_unavailable"})
+				unavailable(err)
 				return
 			}
 			ended += n
 		}
 	} else {
-		until := time.Now().Add(time.Duration(o.SessionLifetime)).Unix()
-		var revs []revocation
+		now := time.Now()
+		rv := revocation{Kind: "sub", Key: hashKey(iss, lt.Subject), At: now.Unix(), AtMs: now.UnixMilli(),
+			Until: now.Add(time.Duration(o.SessionLifetime)).Unix()}
 		if lt.SessionID != "" {
-			revs = append(revs, revocation{Kind: "sid", Key: hashKey(iss, lt.SessionID), At: time.Now().Unix(), Until: until})
-		} else {
-			revs = append(revs, revocation{Kind: "sub", Key: hashKey(iss, lt.Subject), At: time.Now().Unix(), Until: until})
+			rv.Kind, rv.Key = "sid", hashKey(iss, lt.SessionID)
 		}
-		for _, rv := range revs {
-			b, _ := json.Marshal(rv)
-			if err := o.storage.Store(ctx, revokedPrefix+rv.Kind+"-"+rv.Key, b); err != nil {
-				o.logger.Error("back-channel logout: storage", errField(err))
-				writeJSON(w, http.StatusServiceUnavailable, oauthError{Error: "temporarily_unavailable"})
-				return
-			}
-			o.rt.revoked.add(rv)
+		if err := o.storeRevocation(ctx, rv); err != nil {
+			unavailable(err)
+			return
 		}
 	}
 	if o.BackchannelRevokeAZAT && o.azat != nil && lt.Subject != "" {
 		if err := o.azat.Grants().Forget(ctx, iss+"#"+lt.Subject); err != nil {
 			o.logger.Error("back-channel logout: revoking AZATs failed", errField(err))
 		}
+	}
+	exp, _ := json.Marshal(lt.Expiry.Add(maxClockSkew).Unix())
+	if err := o.storage.Store(ctx, marker, exp); err != nil {
+		// The logout took effect; a replay of it would end nothing more.
+		o.logger.Warn("back-channel logout: storing the replay marker failed", errField(err))
 	}
 	o.logger.Info("back-channel logout", zap.String("sub", lt.Subject), zap.Bool("sid", lt.SessionID != ""), zap.Int("stored_sessions_ended", ended))
 	w.WriteHeader(http.StatusOK)

@@ -33,9 +33,10 @@ func TestBackchannelLogout(t *testing.T) {
 			pa, pb := freePort(t), freePort(t)
 			a, b := "http://127.0.0.1:"+itoa(pa), "http://127.0.0.1:"+itoa(pb)
 			block := "oidc {\n\t\tissuer " + op.Issuer + "\n\t\tclient_id " + id + "\n\t\tclient_secret " + secret +
-				"\n\t\tscopes openid profile email offline_access\n\t\tsession " + mode + "\n\t}\n\treverse_proxy " +
-				strings.TrimPrefix(up.URL, "http://")
-			// Two sites with one storage: two instances of the handler.
+				"\n\t\tscopes openid profile email offline_access\n\t\tsession " + mode +
+				"\n\t\tnamespace shared\n\t}\n\treverse_proxy " + strings.TrimPrefix(up.URL, "http://")
+			// Two sites with one storage and one namespace: two instances of
+			// the handler in one trust domain.
 			loadCaddyfile(t, "{\n\tadmin off\n\tpersist_config off\n\tauto_https off\n\tstorage file_system "+t.TempDir()+
 				"\n}\n"+a+" {\n\t"+block+"\n}\n"+b+" {\n\t"+block+"\n}\n")
 			c := browser() // cookies are per host, not port: the same session reaches both

@@ -10,8 +10,8 @@ import (
 )
 
 // Caches (internal/expiry maps, bounded, entries end at their expiry):
-//   - usedStates: login states and logout token ids already used, to refuse
-//     replays (expiry.Map.Add);
+//   - usedStates: login states already used (never evicted while live), to refuse
+//     replays (expiry.Map.Claim);
 //   - introspected: SHA-256 of a bearer token -> its identity;
 //   - sessions: a sealed session cookie value -> its decoded session, so
 //     repeat requests skip the AES-GCM and JSON work (sessions in it are
@@ -101,4 +101,11 @@ func (p *pendingGrants) drop(key string, g *azatauth.Grant) {
 	if p.m[key] == g {
 		delete(p.m, key)
 	}
+}
+
+// forget drops key's pending grant, whatever it is (the grant ended).
+func (p *pendingGrants) forget(key string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.m, key)
 }

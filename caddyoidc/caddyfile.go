@@ -19,6 +19,9 @@ func init() {
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	o := new(OIDC)
 	err := o.UnmarshalCaddyfile(h.Dispenser)
+	if err == nil && o.Site == "" {
+		o.Site = siteAddress(h)
+	}
 	return o, err
 }
 
@@ -27,6 +30,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	oidc {
 //		issuer           <url>
 //		client_id        <id>
+//		site             <address>
+//		namespace        <name>
 //		client_secret    <secret>
 //		scopes           <scope...>
 //		audience         <aud...>
@@ -118,6 +123,10 @@ func (o *OIDC) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = one(&o.Issuer)
 		case "client_id":
 			err = one(&o.ClientID)
+		case "site":
+			err = one(&o.Site)
+		case "namespace":
+			err = one(&o.Namespace)
 		case "client_secret":
 			err = one(&o.ClientSecret)
 		case "scopes":

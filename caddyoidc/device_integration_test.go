@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -140,7 +139,7 @@ func TestDeviceFlow(t *testing.T) {
 	t.Run("expired", func(t *testing.T) {
 		d := startDevice(t, site.URL)
 		h := sha256.Sum256([]byte(d.DeviceCode))
-		f := filepath.Join(site.Storage, "caddy-oidc", "device", "code", hex.EncodeToString(h[:]))
+		f := nsFile(t, site.Storage, "device/code/"+hex.EncodeToString(h[:]))
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)

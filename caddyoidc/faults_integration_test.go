@@ -51,8 +51,8 @@ func (f *failingStorage) CertMagicStorage() (certmagic.Storage, error) {
 type faultyStore struct{ *certmagic.FileStorage }
 
 func (s *faultyStore) Load(ctx context.Context, k string) ([]byte, error) {
-	if storageFaults.load.Load() && strings.HasPrefix(k, "caddy-oidc/sessions") ||
-		storageFaults.grantLoad.Load() && strings.HasPrefix(k, "caddy-oidc/azat/grants") {
+	if storageFaults.load.Load() && strings.Contains(k, "/sessions/") ||
+		storageFaults.grantLoad.Load() && strings.Contains(k, "/azat/grants/") {
 		return nil, errInjected
 	}
 	return s.FileStorage.Load(ctx, k)
@@ -66,7 +66,7 @@ func (s *faultyStore) Store(ctx context.Context, k string, v []byte) error {
 }
 
 func (s *faultyStore) Lock(ctx context.Context, k string) error {
-	if storageFaults.lock.Load() && strings.HasPrefix(k, "caddy-oidc/sessions") {
+	if storageFaults.lock.Load() && strings.Contains(k, "/sessions/") {
 		return errInjected
 	}
 	return s.FileStorage.Lock(ctx, k)

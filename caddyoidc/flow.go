@@ -147,7 +147,13 @@ func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider
 		o.callbackError(w, r, http.StatusBadRequest, "login took too long; start again", nil)
 		return
 	}
-	if !o.rt.usedStates.Add(state, struct{}{}, time.Unix(f.Created, 0).Add(flowLifetime)) {
+	switch added, full := o.rt.usedStates.Claim(state, struct{}{}, time.Unix(f.Created, 0).Add(flowLifetime)); {
+	case full:
+		// Never evict a live marker (that would let a used response be
+		// replayed): refuse new logins until markers expire.
+		o.callbackError(w, r, http.StatusServiceUnavailable, "too many logins at once; retry in a minute", nil)
+		return
+	case !added:
 		o.callbackError(w, r, http.StatusBadRequest, "this login response was already used", nil)
 		return
 	}
@@ -209,6 +215,7 @@ func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider
 		RefreshToken: tok.RefreshToken,
 		IDToken:      rawID,
 		Created:      now.Unix(),
+		CreatedMs:    now.UnixMilli(),
 		Identity:     newIdentity(claims, o.RolesClaim, unverifiedClaims(tok.AccessToken)),
 	}
 	s.ProviderSID, _ = claims["sid"].(string)

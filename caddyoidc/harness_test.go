@@ -173,3 +173,14 @@ func grepDir(t *testing.T, dir, s string) string {
 func caddyconfigAdapt(cf string) ([]byte, []caddyconfig.Warning, error) {
 	return caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
 }
+
+// nsFile is the file of storage key caddy-oidc/<rel> of the one namespace
+// under the storage dir.
+func nsFile(t *testing.T, dir, rel string) string {
+	t.Helper()
+	m, _ := filepath.Glob(filepath.Join(dir, "caddy-oidc", "ns", "*", filepath.FromSlash(rel)))
+	if len(m) != 1 {
+		t.Fatalf("storage key %s: %d matches", rel, len(m))
+	}
+	return m[0]
+}

@@ -49,6 +49,19 @@ type OIDC struct {
 	// Required.
 	ClientID string `json:"client_id,omitempty"`
 
+	// Site is the site's address (for example `https://files.example.com`):
+	// with the issuer and the client ID it names this handler's namespace,
+	// and its origin is the default issuer of AZATs. The Caddyfile fills it
+	// from the site block's first address. Sites never share sessions,
+	// grants, device codes or keys unless they share a Namespace.
+	Site string `json:"site,omitempty"`
+
+	// Namespace, when set, replaces the site in the namespace: handlers
+	// (sites, or instances with different addresses) that name the same
+	// namespace, with the same issuer and client ID, share sessions, grants,
+	// device codes and AZAT keys. 1-64 letters, digits, `.`, `_` or `-`.
+	Namespace string `json:"namespace,omitempty"`
+
 	// ClientSecret is the client's secret. Leave it empty for a public client
 	// (PKCE protects the code exchange). Give it as a placeholder such as
 	// `{env.OIDC_CLIENT_SECRET}` or `{file./run/secrets/oidc}` so that it never
@@ -235,6 +248,9 @@ const (
 	defaultRefreshBefore   = 30 * time.Second
 	defaultSessionCache    = time.Second
 	defaultIdPTimeout      = 10 * time.Second
+	// maxLoginMarkers bounds the used login states kept (each for the
+	// flowLifetime of its attempt); when full, callbacks answer 503.
+	maxLoginMarkers = 100000
 )
 
 // Provision sets defaults, resolves placeholders in secrets, loads or creates
@@ -250,7 +266,6 @@ func (o *OIDC) Provision(ctx caddy.Context) error {
 // ctx ends.
 func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.Storage) error {
 	o.logger = logger
-	o.storage = st
 	repl := caddy.NewReplacer()
 
 	if len(o.Scopes) == 0 {
@@ -315,6 +330,14 @@ func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.S
 	if len(rt.audience) == 0 {
 		rt.audience = []string{rt.clientID}
 	}
+	site := repl.ReplaceKnown(o.Site, "")
+	rt.ns = namespaceID(site, rt.issuer, rt.clientID, o.Namespace)
+	o.storage = newNSStorage(st, rt.ns)
+	if st.Exists(ctx, cookieSecretKey) && !o.storage.Exists(ctx, cookieSecretKey) {
+		// Data of a version without namespaces: it fails closed.
+		o.logger.Warn("stored sessions, grants and AZAT keys of an earlier version (without namespaces) are not used: users log in again and get new AZATs",
+			zap.String("namespace", rt.ns))
+	}
 	rt.redirectURL = repl.ReplaceKnown(o.RedirectURL, "")
 	rt.postLogoutURL = repl.ReplaceKnown(o.PostLogoutRedirectURL, "")
 	rt.introspectionURL = repl.ReplaceKnown(o.IntrospectionEndpoint, "")
@@ -330,17 +353,18 @@ func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.S
 			return fmt.Errorf("cookie secret from storage: %v", err)
 		}
 	}
-	if rt.sealer, err = seal.New([]byte(secret), "cookies"); err != nil {
+	if rt.sealer, err = seal.New([]byte(secret), "cookies\x00"+rt.ns); err != nil {
 		return fmt.Errorf("cookie_secret: %v", err)
 	}
 	rt.refreshes = new(singleflight.Group)
 	rt.recent = newRecentRefreshes()
-	rt.usedStates = expiry.New[string, struct{}](10000)
+	rt.usedStates = expiry.New[string, struct{}](maxLoginMarkers)
 	rt.introspected = expiry.New[[32]byte, *identity](10000)
 	rt.sessions = expiry.New[string, *session](4096)
 	rt.stored = expiry.New[string, *session](4096)
 	o.rt = rt
 	if o.AZAT != nil {
+		o.AZAT.Namespace, o.AZAT.SiteOrigin = rt.ns, siteOrigin(site)
 		if o.azat, err = o.AZAT.Provision(ctx, o.logger.Named("azat"), o.storage, rt.httpClient); err != nil {
 			return err
 		}
@@ -359,6 +383,7 @@ func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.S
 	if o.Session == "cookie" {
 		go o.watchRevocations(dctx)
 	}
+	go o.watchSweep(dctx)
 	return nil
 }
 
@@ -400,6 +425,9 @@ func (o *OIDC) Validate() error {
 	}
 	if o.ClientID == "" {
 		return errors.New("oidc: client_id is required")
+	}
+	if o.Namespace != "" && !validNamespaceName(o.Namespace) {
+		return fmt.Errorf("oidc: namespace %q must be 1 to 64 letters, digits, '.', '_' or '-'", o.Namespace)
 	}
 	if !slices.Contains(o.Scopes, "openid") {
 		return errors.New("oidc: scopes must contain openid")
@@ -486,12 +514,14 @@ type runtime struct {
 	codeTries        userCodeTries
 	revoked          revocations
 	mu               sync.Mutex
-	// root is the storage prefix of this handler's namespace (ends in /).
+	// ns is the namespace id (see namespace.go); o.storage is confined to it.
+	ns string
+	// root is the prefix of the keys given to o.storage (ends in /).
 	root string
 }
 
-// key is the storage key of rel (e.g. "sessions/<hash>") in this handler's
-// namespace: every storage key of the handler goes through it.
+// key is the storage key of rel (e.g. "sessions/<hash>"); o.storage puts it
+// in this handler's namespace.
 func (o *OIDC) key(rel string) string { return o.rt.root + rel }
 
 // reservedAuthParams cannot be set with auth_param.

@@ -1,16 +1,11 @@
 package caddyoidc
 
 import (
-	"context"
 	"errors"
-	"html/template"
 	"net/http"
 	"net/url"
-	"strings"
-	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"go.uber.org/zap"
 )
 
 // serveRoute dispatches <routes>/<route>.
@@ -29,6 +24,8 @@ func (o *OIDC) serveRoute(w http.ResponseWriter, r *http.Request, route string, 
 		o.serveRefresh(w, r, p)
 	case "logout":
 		o.serveLogout(w, r, p)
+	case "logged-out":
+		serveLoggedOut(w, r, o.Routes+"/login")
 	case "userinfo":
 		o.serveUserinfo(w, r, p)
 	case "token":
@@ -139,108 +136,6 @@ func nonNil(s []string) []string {
 		return []string{}
 	}
 	return s
-}
-
-var logoutPage = template.Must(template.New("logout").Parse(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Log out</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body style="font-family:sans-serif;max-width:40em;margin:3em auto">
-<h1>Log out?</h1>
-<form method="post" action="{{.}}"><button type="submit">Log out</button></form>
-</body></html>`))
-
-// serveLogout ends the session on POST (same-origin only); GET shows a page
-// with a button, since a link followed from another site must not log out.
-func (o *OIDC) serveLogout(w http.ResponseWriter, r *http.Request, p *provider) {
-	switch r.Method {
-	case http.MethodGet, http.MethodHead:
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		w.Header().Set("Cache-Control", "no-store")
-		// form-action would also apply to the redirect to the provider's
-		// end_session_endpoint, so it names that origin too.
-		csp := "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; form-action 'self'"
-		if u, err := url.Parse(p.meta.EndSessionEndpoint); err == nil && u.Host != "" {
-			csp += " " + u.Scheme + "://" + u.Host
-		}
-		w.Header().Set("Content-Security-Policy", csp)
-		_ = logoutPage.Execute(w, o.Routes+"/logout")
-		return
-	case http.MethodPost:
-	default:
-		w.Header().Set("Allow", "GET, POST")
-		o.writeError(w, r, http.StatusMethodNotAllowed, "invalid_request", "logout takes POST")
-		return
-	}
-	if !sameOrigin(r) {
-		o.logger.Warn("cross-site logout refused", zap.String("origin", printable(r.Header.Get("Origin"), 200)))
-		o.writeError(w, r, http.StatusForbidden, "invalid_request", "cross-site logout refused")
-		return
-	}
-	s, _ := o.loadSession(r)
-	o.clearSession(w, r, s)
-	target := "/"
-	if o.rt.postLogoutURL != "" {
-		target = o.rt.postLogoutURL
-	}
-	if s != nil {
-		if s.RefreshToken != "" && p.meta.RevocationEndpoint != "" {
-			o.revoke(r.Context(), p, s.RefreshToken, "refresh_token")
-		}
-		o.logger.Info("logout", zap.String("sub", s.Identity.Subject))
-		if p.meta.EndSessionEndpoint != "" {
-			target = o.endSessionURL(r, p, s)
-		}
-	}
-	w.Header().Set("Cache-Control", "no-store")
-	http.Redirect(w, r, target, http.StatusSeeOther)
-}
-
-// endSessionURL builds the RP-initiated logout request (OpenID Connect
-// RP-Initiated Logout 1.0).
-func (o *OIDC) endSessionURL(r *http.Request, p *provider, s *session) string {
-	u, err := url.Parse(p.meta.EndSessionEndpoint)
-	if err != nil {
-		return "/"
-	}
-	q := u.Query()
-	if s.IDToken != "" {
-		q.Set("id_token_hint", s.IDToken)
-	}
-	q.Set("client_id", o.rt.clientID)
-	post := o.rt.postLogoutURL
-	if post == "" {
-		post = origin(r) + "/"
-	}
-	q.Set("post_logout_redirect_uri", post)
-	u.RawQuery = q.Encode()
-	return u.String()
-}
-
-// revoke revokes a token at the provider (RFC 7009), best effort.
-func (o *OIDC) revoke(ctx context.Context, p *provider, token, hint string) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(o.IdPTimeout))
-	defer cancel()
-	form := url.Values{"token": {token}, "token_type_hint": {hint}}
-	if o.rt.clientSecret == "" {
-		form.Set("client_id", o.rt.clientID)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.meta.RevocationEndpoint, strings.NewReader(form.Encode()))
-	if err != nil {
-		return
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	if o.rt.clientSecret != "" {
-		req.SetBasicAuth(url.QueryEscape(o.rt.clientID), url.QueryEscape(o.rt.clientSecret))
-	}
-	resp, err := o.rt.httpClient.Do(req)
-	if err != nil {
-		o.logger.Warn("token revocation failed", errField(err))
-		return
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		o.logger.Warn("token revocation refused", zap.Int("status", resp.StatusCode))
-	}
 }
 
 // sameOrigin refuses cross-site requests: with fetch metadata the browser

@@ -20,11 +20,21 @@ type session struct {
 	IDToken      string    `json:"it,omitempty"`
 	Expiry       int64     `json:"exp,omitempty"` // access token expiry, unix seconds; 0: unknown
 	Created      int64     `json:"iat"`           // login time, unix seconds
+	CreatedMs    int64     `json:"cms,omitempty"` // login time, unix milliseconds
 	Identity     *identity `json:"id"`
 	// GrantKey, when set, means the refresh token lives in the AZAT grant
 	// store (one refresh token per user, shared by sessions and AZATs) and
 	// refreshes go through the grant.
 	GrantKey string `json:"gk,omitempty"`
+}
+
+// createdMs is the login time in milliseconds (sessions of earlier
+// versions: the start of their second).
+func (s *session) createdMs() int64 {
+	if s.CreatedMs != 0 {
+		return s.CreatedMs
+	}
+	return s.Created * 1000
 }
 
 // refreshable tells whether the session can get new tokens.

@@ -93,13 +93,16 @@ func TestSessionsSurviveRestart(t *testing.T) {
 			op := startOP(t, testop.Options{})
 			up := newUpstream(t)
 			dir := t.TempDir()
-			site := startCaddy(t, oidcBlock(op, "session "+mode), up, dir)
+			// A new port is another site address: the namespace option
+			// keeps the restarted site in the same trust domain.
+			block := oidcBlock(op, "session "+mode+"\n\t\tnamespace restarted")
+			site := startCaddy(t, block, up, dir)
 			c := browser()
 			login(t, c, op, site.URL, "/")
 			_ = caddy.Stop()
 			// Same storage, new process state, new port: cookies are host-only
 			// per host (not per port), so the jar sends them again.
-			site2 := startCaddy(t, oidcBlock(op, "session "+mode), up, dir)
+			site2 := startCaddy(t, block, up, dir)
 			resp := get(t, c, site2.URL+"/api")
 			if resp.StatusCode != 200 {
 				t.Fatalf("after restart: %d", resp.StatusCode)

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"io/fs"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -43,7 +45,7 @@ func (o *OIDC) loadSession(r *http.Request) (*session, error) {
 			o.rt.sessions.Put(raw, s, time.Unix(s.Created, 0).Add(time.Duration(o.SessionLifetime)))
 		}
 	}
-	if time.Since(time.Unix(s.Created, 0)) > time.Duration(o.SessionLifetime) {
+	if o.sessionExpired(s, time.Now()) {
 		return nil, nil
 	}
 	if o.Session != "store" && o.rt.revoked.revoked(s) {
@@ -123,8 +125,11 @@ func sessionKey(id string) string {
 
 func (o *OIDC) storeSession(ctx context.Context, s *session) error {
 	o.rt.stored.Delete(s.ID)
-	if err := o.storage.Store(context.WithoutCancel(ctx), sessionKey(s.ID),
-		[]byte(o.rt.sealer.Seal(encodeSession(s), "stored-session:"+s.ID))); err != nil {
+	// "<until>.<sealed session>": the sweep reads the expiry without the id
+	// the seal is bound to.
+	until := time.Unix(s.Created, 0).Add(time.Duration(o.SessionLifetime)).Unix()
+	rec := strconv.FormatInt(until, 10) + "." + o.rt.sealer.Seal(encodeSession(s), "stored-session:"+s.ID)
+	if err := o.storage.Store(context.WithoutCancel(ctx), sessionKey(s.ID), []byte(rec)); err != nil {
 		return err
 	}
 	o.rememberStored(s)
@@ -167,7 +172,8 @@ func (o *OIDC) loadStored(ctx context.Context, id string) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	pt, err := o.rt.sealer.Open(string(b), "stored-session:"+id)
+	_, sealed, _ := strings.Cut(string(b), ".")
+	pt, err := o.rt.sealer.Open(sealed, "stored-session:"+id)
 	if err != nil {
 		return nil, nil
 	}
@@ -175,7 +181,18 @@ func (o *OIDC) loadStored(ctx context.Context, id string) (*session, error) {
 	if err != nil || s.ID != id {
 		return nil, nil
 	}
+	if o.sessionExpired(s, time.Now()) {
+		// Deleted when met (and by the sweep): storage does not keep
+		// sessions past their lifetime.
+		_ = o.storage.Delete(context.WithoutCancel(ctx), sessionKey(id))
+		return nil, nil
+	}
 	return s, nil
+}
+
+// sessionExpired tells whether s is past session_lifetime at now.
+func (o *OIDC) sessionExpired(s *session, now time.Time) bool {
+	return now.Sub(time.Unix(s.Created, 0)) > time.Duration(o.SessionLifetime)
 }
 
 // cookieOpts gives the cookie attributes for this request.

@@ -195,6 +195,7 @@ http://127.0.0.1:%d {
 		issuer %s
 		client_id web
 		client_secret web-secret
+		namespace e2e-shared
 		scopes openid profile email offline_access
 		refresh_before 1s
 		azat {

@@ -61,6 +61,30 @@ func (c *Map[K, V]) Add(k K, v V, exp time.Time) bool {
 	return true
 }
 
+// Claim is Add for entries that must not be evicted (replay markers): when
+// the map is full of unexpired entries it refuses to add (full true)
+// instead of dropping any of them.
+func (c *Map[K, V]) Claim(k K, v V, exp time.Time) (added, full bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	if e, ok := c.m[k]; ok && now.Before(e.exp) {
+		return false, false
+	}
+	if len(c.m) >= c.max {
+		for k, e := range c.m {
+			if !now.Before(e.exp) {
+				delete(c.m, k)
+			}
+		}
+		if len(c.m) >= c.max {
+			return false, true
+		}
+	}
+	c.m[k] = entry[V]{v: v, exp: exp}
+	return true, false
+}
+
 // Delete forgets k.
 func (c *Map[K, V]) Delete(k K) {
 	c.mu.Lock()
