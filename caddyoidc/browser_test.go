@@ -183,3 +183,50 @@ func TestBrowserDeviceApproval(t *testing.T) {
 		t.Fatalf("AZAT: %d", resp.StatusCode)
 	}
 }
+
+// TestBrowserLogoutWithoutEndSession: with a provider that has no
+// end_session_endpoint (dex), the logout button ends on the local "you are
+// logged out" page (the logout page's CSP allows that redirect), and the
+// next visit asks for a login again.
+func TestBrowserLogoutWithoutEndSession(t *testing.T) {
+	ctx := headless(t)
+	op := startOP(t, testop.Options{NoEndSession: true})
+	up := newUpstream(t)
+	site := startCaddy(t, oidcBlock(op), up, "")
+
+	err := chromedp.Run(ctx,
+		chromedp.Navigate(site.URL+"/app"),
+		chromedp.WaitVisible(`#password`, chromedp.ByID),
+		chromedp.SetValue(`#username`, testop.Username, chromedp.ByID),
+		chromedp.SetValue(`#password`, testop.Password, chromedp.ByID),
+		chromedp.Click(`button[type=submit]`, chromedp.ByQuery),
+	)
+	if err != nil {
+		t.Fatalf("browser login: %v", err)
+	}
+	waitLocation(t, ctx, site.URL+"/app")
+	err = chromedp.Run(ctx,
+		chromedp.Navigate(site.URL+"/auth/logout"),
+		chromedp.WaitVisible(`button[type=submit]`, chromedp.ByQuery),
+		chromedp.Click(`button[type=submit]`, chromedp.ByQuery),
+	)
+	if err != nil {
+		t.Fatalf("browser logout: %v", err)
+	}
+	waitLocation(t, ctx, site.URL+"/auth/logged-out")
+	var text string
+	if err := chromedp.Run(ctx, chromedp.WaitVisible(`h1`, chromedp.ByQuery), chromedp.Text(`body`, &text, chromedp.ByQuery)); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(text, "You are logged out") || !strings.Contains(text, "Log in again") {
+		t.Fatalf("logged-out page: %q", text)
+	}
+	var loc string
+	if err := chromedp.Run(ctx, chromedp.Navigate(site.URL+"/app"), chromedp.WaitVisible(`#password`, chromedp.ByID),
+		chromedp.Location(&loc)); err != nil {
+		t.Fatalf("after logout: %v", err)
+	}
+	if !strings.HasPrefix(loc, op.Issuer) {
+		t.Fatalf("after logout /app went to %s, want the provider's login", loc)
+	}
+}

@@ -77,6 +77,10 @@ func (o *OP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
+	if o.hideEndSes && r.URL.Path == "/.well-known/openid-configuration" {
+		o.serveDiscoveryWithout(w, r, "end_session_endpoint")
+		return
+	}
 	if o.logger == nil {
 		o.handler.ServeHTTP(w, r)
 		return

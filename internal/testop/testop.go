@@ -181,6 +181,10 @@ type Options struct {
 	// Logger for one line per HTTP request; nil is silent. (zitadel's op
 	// package itself logs errors via slog.Default.)
 	Logger *slog.Logger
+
+	// NoEndSession leaves end_session_endpoint out of the discovery
+	// document, as providers without RP-initiated logout do (dex).
+	NoEndSession bool
 }
 
 // OP is a running OpenID Provider. All methods are safe for concurrent use.
@@ -200,6 +204,7 @@ type OP struct {
 	tokenTime  map[string]time.Duration
 	requests   map[string]int64
 
+	hideEndSes bool
 	down       atomic.Bool
 	drop       atomic.Bool
 	tokenDelay atomic.Int64
@@ -338,6 +343,7 @@ func Start(opts Options) (*OP, error) {
 		store:      st,
 		provider:   provider,
 		logger:     opts.Logger,
+		hideEndSes: opts.NoEndSession,
 		tokenCalls: map[string]int64{},
 		tokenTime:  map[string]time.Duration{},
 		requests:   map[string]int64{},
