@@ -103,8 +103,11 @@ func TestBackchannelLogout(t *testing.T) {
 			if s := postLogoutToken(t, a, valid); s != 200 {
 				t.Fatalf("valid logout token: %d", s)
 			}
-			if s := postLogoutToken(t, a, valid); s != http.StatusBadRequest {
-				t.Fatalf("replayed logout token: %d", s)
+			// Replays are refused on every instance (the marker is in storage).
+			for _, s := range []string{a, b} {
+				if code := postLogoutToken(t, s, valid); code != http.StatusBadRequest {
+					t.Fatalf("replayed logout token at %s: %d", s, code)
+				}
 			}
 			// Ended on both instances (the other within its reload period).
 			for _, s := range []string{a, b} {
@@ -126,5 +129,52 @@ func TestBackchannelLogout(t *testing.T) {
 				t.Fatalf("login after back-channel logout: %d", resp.StatusCode)
 			}
 		})
+	}
+}
+
+// TestBackchannelLogoutRetried: the provider's delivery fails on a storage
+// outage (503, nothing ended, no replay marker); its retry of the same
+// logout token is heard once storage is back, and ends the session. A
+// sub-only logout ends the sessions created before it, not a login made
+// right after it (the same second).
+func TestBackchannelLogoutRetried(t *testing.T) {
+	op := startOP(t, testop.Options{})
+	up := newUpstream(t)
+	id, secret := op.WebClient()
+	site := "http://127.0.0.1:" + itoa(freePort(t))
+	loadCaddyfile(t, "{\n\tadmin off\n\tpersist_config off\n\tauto_https off\n\tstorage failing_test "+t.TempDir()+"\n}\n"+
+		site+" {\n\toidc {\n\t\tissuer "+op.Issuer+"\n\t\tclient_id "+id+"\n\t\tclient_secret "+secret+
+		"\n\t}\n\treverse_proxy "+strings.TrimPrefix(up.URL, "http://")+"\n}\n")
+	t.Cleanup(func() { storageFaults.store.Store(false) })
+	c := browser()
+	login(t, c, op, site, "/")
+	now := time.Now()
+	tok, err := op.SignJWT(map[string]any{"iss": op.Issuer, "aud": id, "iat": now.Unix(), "exp": now.Add(2 * time.Minute).Unix(),
+		"jti": uuid.NewString(), "sub": testop.UserID,
+		"events": map[string]any{"http://schemas.openid.net/event/backchannel-logout": map[string]any{}}},
+		map[string]any{"typ": "logout+jwt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	storageFaults.store.Store(true)
+	if code := postLogoutToken(t, site, tok); code != http.StatusServiceUnavailable {
+		t.Fatalf("delivery during a storage outage: %d, want 503", code)
+	}
+	storageFaults.store.Store(false)
+	if resp := get(t, c, site+"/api"); resp.StatusCode != 200 {
+		t.Fatalf("a failed delivery ended the session: %d", resp.StatusCode)
+	}
+	if code := postLogoutToken(t, site, tok); code != 200 {
+		t.Fatalf("retried delivery: %d, want 200", code)
+	}
+	if resp := get(t, c, site+"/api"); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("after the retried logout: %d", resp.StatusCode)
+	}
+	c2 := browser()
+	if resp := login(t, c2, op, site, "/"); resp.StatusCode != 200 {
+		t.Fatalf("login right after the logout: %d", resp.StatusCode)
+	}
+	if resp := get(t, c2, site+"/api"); resp.StatusCode != 200 {
+		t.Fatalf("a login made after the sub logout was ended: %d", resp.StatusCode)
 	}
 }

@@ -87,3 +87,37 @@ func TestMapConcurrent(t *testing.T) {
 		t.Fatalf("%d entries, bound 64", n)
 	}
 }
+
+// TestClaimNeverEvictsLive: replay markers survive a flood: a full map of
+// live markers refuses new ones instead of dropping any, and takes new ones
+// again once some expire.
+func TestClaimNeverEvictsLive(t *testing.T) {
+	now := time.Now()
+	m := New[int, struct{}](100)
+	for i := 0; i < 99; i++ {
+		if added, full := m.Claim(i, struct{}{}, now.Add(time.Hour)); !added || full {
+			t.Fatalf("claim %d: added %v full %v", i, added, full)
+		}
+	}
+	m.Put(-1, struct{}{}, now.Add(-time.Second)) // one expired entry fills the map
+	tests := []struct {
+		key         int
+		added, full bool
+	}{
+		{5, false, false},    // a replay
+		{1000, true, false},  // takes the expired entry's room
+		{1001, false, true},  // full of live markers: refused
+		{5, false, false},    // still a replay: nothing was evicted
+		{1000, false, false}, // the new marker holds too
+	}
+	for _, tt := range tests {
+		if added, full := m.Claim(tt.key, struct{}{}, now.Add(time.Hour)); added != tt.added || full != tt.full {
+			t.Errorf("Claim(%d) = %v, %v; want %v, %v", tt.key, added, full, tt.added, tt.full)
+		}
+	}
+	for i := 0; i < 99; i++ {
+		if _, ok := m.Get(i, now); !ok {
+			t.Fatalf("live marker %d evicted", i)
+		}
+	}
+}
