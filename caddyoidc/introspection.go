@@ -84,7 +84,11 @@ func (o *OIDC) verifyRemote(ctx context.Context, p *provider, tok string, h [32]
 			return nil, errRemoteBusy
 		}
 		defer rc.release()
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(o.IdPTimeout))
+		timeout := time.Duration(o.IdPTimeout)
+		if timeout <= 0 {
+			timeout = defaultIdPTimeout
+		}
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 		defer cancel()
 		var (
 			id  *identity
@@ -107,7 +111,9 @@ func (o *OIDC) verifyRemote(ctx context.Context, p *provider, tok string, h [32]
 		if ttl == 0 {
 			ttl = defaultIntrospectionCache
 		}
-		o.rt.introspected.Put(h, id, introspectionCacheUntil(now, exp, ttl))
+		if until := introspectionCacheUntil(now, exp, ttl); until.After(now) {
+			o.rt.introspected.Put(h, id, until)
+		}
 		return id, nil
 	})
 	select {

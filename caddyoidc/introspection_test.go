@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
+	"github.com/caddy-oidc/caddy-oidc/internal/expiry"
 	"github.com/caddy-oidc/caddy-oidc/internal/testop"
 )
 
@@ -164,5 +165,39 @@ func TestBearerOptionsValidate(t *testing.T) {
 		if err := o.validateBearer(); (err == nil) != tt.ok {
 			t.Errorf("%s: %v", tt.name, err)
 		}
+	}
+}
+
+// TestTokeninfoCached: tokeninfo answers go through the same caches as
+// introspection: one call per token, also for a rejected one.
+func TestTokeninfoCached(t *testing.T) {
+	var calls atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		_ = r.ParseForm()
+		w.Header().Set("Content-Type", "application/json")
+		if r.PostForm.Get("access_token") != "ya29.good" {
+			w.WriteHeader(400)
+			_ = json.NewEncoder(w).Encode(map[string]any{"error": "invalid_token"})
+			return
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"aud": "client-1", "sub": "123", "exp": itoa(time.Now().Add(time.Hour).Unix())})
+	}))
+	defer srv.Close()
+	o := testOIDC(t)
+	o.TokeninfoEndpoint = srv.URL
+	o.rt.introspected = expiry.New[[32]byte, *identity](16)
+	o.rt.remote = newRemoteChecks(16, 2)
+	p := &provider{meta: providerMetadata{Issuer: "https://accounts.google.com"}}
+	for range 3 {
+		if id, err := o.verifyBearer(context.Background(), p, "ya29.good"); err != nil || id.Subject != "123" {
+			t.Fatalf("good token: %v", err)
+		}
+		if _, err := o.verifyBearer(context.Background(), p, "ya29.bad"); err == nil {
+			t.Fatal("bad token accepted")
+		}
+	}
+	if n := calls.Load(); n != 2 {
+		t.Fatalf("%d tokeninfo calls for 3 requests with each of 2 tokens, want 2", n)
 	}
 }
