@@ -170,8 +170,10 @@ func (o *OIDC) sessionFromGrant(ctx context.Context, p *provider, s *session, fo
 	return ns.labelIdentity(), nil
 }
 
-// serveToken mints an AZAT for the caller (session or provider bearer
-// token; an AZAT cannot be exchanged for another).
+// serveToken mints an AZAT for the caller's browser session; for a provider
+// bearer token only with mint_from_bearer, and only when the token was
+// issued to this client (azp, else client_id). An AZAT cannot be exchanged
+// for another, and cross-site browser requests are refused.
 func (o *OIDC) serveToken(w http.ResponseWriter, r *http.Request, p *provider) {
 	if r.Method != http.MethodGet && r.Method != http.MethodPost {
 		w.Header().Set("Allow", "GET, POST")
@@ -182,9 +184,23 @@ func (o *OIDC) serveToken(w http.ResponseWriter, r *http.Request, p *provider) {
 		o.writeError(w, r, http.StatusNotFound, "not_found", "this site does not mint tokens")
 		return
 	}
-	if tok, ok := bearerToken(r); ok && o.isAZAT(r, tok) {
-		o.writeError(w, r, http.StatusBadRequest, "invalid_request", "an AZAT cannot be exchanged for another; use your provider login")
+	if !sameOrigin(r) {
+		o.logger.Warn("cross-site token request refused", zap.String("origin", printable(r.Header.Get("Origin"), 200)),
+			zap.String("sec_fetch_site", printable(r.Header.Get("Sec-Fetch-Site"), 40)), zap.String("remote", r.RemoteAddr))
+		o.writeError(w, r, http.StatusForbidden, "invalid_request", "cross-site token request refused; open this page from the site itself")
 		return
+	}
+	if tok, ok := bearerToken(r); ok {
+		if o.isAZAT(r, tok) {
+			o.writeError(w, r, http.StatusBadRequest, "invalid_request", "an AZAT cannot be exchanged for another; use your provider login")
+			return
+		}
+		if !o.MintFromBearer {
+			o.logger.Info("azat mint from a bearer token refused: mint_from_bearer is off", zap.String("remote", r.RemoteAddr))
+			o.writeError(w, r, http.StatusForbidden, "access_denied",
+				"tokens are minted for a browser session ("+o.Routes+"/token while logged in) or by the device flow, not for a bearer token")
+			return
+		}
 	}
 	id, tok, ok := o.authenticate(w, r, p)
 	if !ok {
@@ -192,6 +208,21 @@ func (o *OIDC) serveToken(w http.ResponseWriter, r *http.Request, p *provider) {
 	}
 	if id == nil {
 		o.unauthenticated(w, r, "unauthorized", "log in first")
+		return
+	}
+	switch id.Source {
+	case "session":
+	case "bearer", "introspection", "tokeninfo":
+		// mint_from_bearer is on (checked above): the token must have been
+		// issued to this client, not merely name this API in its aud.
+		if !o.MintFromBearer || id.ClientID != o.rt.clientID {
+			o.logger.Info("azat mint refused: the bearer token was issued to another client",
+				zap.String("azp", printable(id.ClientID, 100)), zap.String("sub", id.Subject))
+			o.writeError(w, r, http.StatusForbidden, "access_denied", "the access token was not issued to this site's client (azp/client_id)")
+			return
+		}
+	default:
+		o.writeError(w, r, http.StatusBadRequest, "invalid_request", "an AZAT cannot be exchanged for another; use your provider login")
 		return
 	}
 	key := id.GrantKey

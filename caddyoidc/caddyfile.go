@@ -60,6 +60,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		userinfo         on|off
 //		strip_cookies    on|off
 //		tokeninfo        <url>
+//		introspection_cache <duration>
+//		require_typ      <typ>
+//		bearer_id_token_shaped refuse|accept
+//		mint_from_bearer
 //		verify_client_secret
 //		backchannel_revoke_azat
 //		azat {
@@ -220,6 +224,14 @@ func (o *OIDC) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = flag(&o.VerifyClientSecret)
 		case "tokeninfo":
 			err = one(&o.TokeninfoEndpoint)
+		case "introspection_cache":
+			err = dur(&o.IntrospectionCache)
+		case "require_typ":
+			err = one(&o.RequireTyp)
+		case "bearer_id_token_shaped":
+			err = one(&o.BearerIDTokenShaped)
+		case "mint_from_bearer":
+			err = flag(&o.MintFromBearer)
 		case "azat":
 			if len(args) != 0 {
 				return d.ArgErr()

@@ -74,7 +74,10 @@ type OIDC struct {
 	Scopes []string `json:"scopes,omitempty"`
 
 	// Audience lists the values of which at least one must be in the `aud`
-	// claim of bearer access tokens. Default: the client ID.
+	// claim of bearer access tokens. Default: the client ID, which is also
+	// the aud of the client's ID tokens and logout tokens (a warning at
+	// start-up says so): an API audience distinct from the client_id, set up
+	// at the provider, separates access tokens from them.
 	Audience []string `json:"audience,omitempty"`
 
 	// Routes is the path prefix of the routes this handler serves:
@@ -173,7 +176,11 @@ type OIDC struct {
 
 	// Introspection enables RFC 7662 introspection of opaque bearer tokens at
 	// the provider's advertised `introspection_endpoint` (or
-	// IntrospectionEndpoint). Results are cached until the token's expiry.
+	// IntrospectionEndpoint). An active answer is cached for
+	// IntrospectionCache (never past the token's expiry), an inactive or
+	// invalid one for 10 s; concurrent requests with one token make one call,
+	// and at most 32 calls are in flight (more wait up to 1 s, then 503).
+	// Answers whose token_type is not an access token's are refused.
 	Introspection bool `json:"introspection,omitempty"`
 
 	// IntrospectionEndpoint overrides the discovered introspection endpoint.
@@ -207,6 +214,35 @@ type OIDC struct {
 	// RFC 7662 introspection (Google: https://oauth2.googleapis.com/tokeninfo).
 	// The token's `aud` or `azp` must equal the client ID.
 	TokeninfoEndpoint string `json:"tokeninfo_endpoint,omitempty"`
+
+	// IntrospectionCache is how long an active introspection (or tokeninfo)
+	// answer is used before the provider is asked again, so that a token
+	// revoked at the provider is refused within this time; never past the
+	// token's exp. Default: 60s; negative: ask on every request.
+	IntrospectionCache caddy.Duration `json:"introspection_cache,omitempty"`
+
+	// RequireTyp accepts only bearer JWTs whose JOSE header typ is this
+	// value (compared case-insensitively, `application/` optional), e.g.
+	// `at+jwt` for providers that type their access tokens (RFC 9068).
+	// Whatever it says, JWTs typed `logout+jwt`, `id_token+jwt`,
+	// `azat+jwt`, `secevent+jwt` or `dpop+jwt`, or with an `events` claim,
+	// are never access tokens.
+	RequireTyp string `json:"require_typ,omitempty"`
+
+	// BearerIDTokenShaped decides about bearer JWTs carrying an ID token's
+	// claims (`nonce`, `at_hash`, `c_hash`): `refuse` (default) or `accept`.
+	// `accept` is for providers that build access tokens like ID tokens
+	// (dex): such a token is then accepted when the provider issued it and
+	// its `aud` contains the client_id, so this client's real ID tokens are
+	// accepted as access tokens too. Typed and logout tokens stay refused.
+	BearerIDTokenShaped string `json:"bearer_id_token_shaped,omitempty"`
+
+	// MintFromBearer lets `<routes>/token` mint an AZAT for a provider
+	// bearer access token (not only for a browser session), when the
+	// token's `azp` (else `client_id`) claim is this client_id. Default:
+	// off, so that an access token that an upstream received, or one issued
+	// to another client, cannot be turned into a long-lived AZAT.
+	MintFromBearer bool `json:"mint_from_bearer,omitempty"`
 
 	// AZAT enables long-lived access tokens minted by this proxy (see the
 	// azatauth package): `<routes>/token` mints one for the logged-in user,
@@ -338,6 +374,7 @@ func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.S
 		o.logger.Warn("stored sessions, grants and AZAT keys of an earlier version (without namespaces) are not used: users log in again and get new AZATs",
 			zap.String("namespace", rt.ns))
 	}
+	o.warnBearerAudience(rt)
 	rt.redirectURL = repl.ReplaceKnown(o.RedirectURL, "")
 	rt.postLogoutURL = repl.ReplaceKnown(o.PostLogoutRedirectURL, "")
 	rt.introspectionURL = repl.ReplaceKnown(o.IntrospectionEndpoint, "")
@@ -360,6 +397,7 @@ func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.S
 	rt.recent = newRecentRefreshes()
 	rt.usedStates = expiry.New[string, struct{}](maxLoginMarkers)
 	rt.introspected = expiry.New[[32]byte, *identity](10000)
+	rt.remote = newRemoteChecks(maxRejected, maxRemoteCalls)
 	rt.sessions = expiry.New[string, *session](4096)
 	rt.stored = expiry.New[string, *session](4096)
 	o.rt = rt
@@ -470,6 +508,9 @@ func (o *OIDC) Validate() error {
 			return fmt.Errorf("oidc: %v", err)
 		}
 	}
+	if err := o.validateBearer(); err != nil {
+		return err
+	}
 	for _, r := range o.RequireClaims {
 		if r.Path == "" || len(r.Values) == 0 {
 			return errors.New("oidc: require_claim needs a claim path and at least one value")
@@ -508,6 +549,7 @@ type runtime struct {
 	recent           *recentRefreshes
 	usedStates       *expiry.Map[string, struct{}]
 	introspected     *expiry.Map[[32]byte, *identity]
+	remote           *remoteChecks
 	sessions         *expiry.Map[string, *session]
 	stored           *expiry.Map[string, *session]
 	pending          pendingGrants

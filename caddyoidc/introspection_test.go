@@ -1,0 +1,203 @@
+package caddyoidc
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/expiry"
+	"github.com/caddy-oidc/caddy-oidc/internal/testop"
+)
+
+// TestIntrospectionJunkBounded: a flood of made-up opaque tokens through
+// the handler leaves at most the negative cache's bound in memory, and does
+// not evict a verified token (which keeps being served without a call).
+func TestIntrospectionJunkBounded(t *testing.T) {
+	op, err := testop.Start(testop.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = op.Close() })
+	var calls atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		_ = r.ParseForm()
+		answer := map[string]any{"active": false}
+		if r.PostForm.Get("token") == "good-token" {
+			answer = map[string]any{"active": true, "sub": "u1", "client_id": testop.WebClientID, "iss": op.Issuer,
+				"exp": time.Now().Add(time.Hour).Unix()}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(answer)
+	}))
+	t.Cleanup(srv.Close)
+	o := &OIDC{Issuer: op.Issuer, ClientID: testop.WebClientID, ClientSecret: testop.WebClientSecret,
+		CookieSecret: strings.Repeat("s", 32), Introspection: true, IntrospectionEndpoint: srv.URL}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := o.provision(ctx, zap.NewNop(), &certmagic.FileStorage{Path: t.TempDir()}); err != nil {
+		t.Fatal(err)
+	}
+	const bound = 64
+	o.rt.remote = newRemoteChecks(bound, maxRemoteCalls)
+	serve := func(tok string) int {
+		r := httptest.NewRequest("GET", "http://site.example/api", nil)
+		r.Header.Set("Authorization", "Bearer "+tok)
+		w := httptest.NewRecorder()
+		if err := o.ServeHTTP(w, r, nop); err != nil {
+			t.Fatal(err)
+		}
+		return w.Code
+	}
+	if s := serve("good-token"); s != 200 {
+		t.Fatalf("good token: %d", s)
+	}
+	for i := range 20 * bound {
+		if s := serve("junk-" + itoa(int64(i))); s != 401 {
+			t.Fatalf("junk token: %d", s)
+		}
+		if n := o.rt.remote.rejected.Len(); n > bound {
+			t.Fatalf("%d rejected tokens held, bound %d", n, bound)
+		}
+	}
+	if n := o.rt.introspected.Len(); n != 1 {
+		t.Fatalf("%d verified tokens cached, want 1 (junk must not go there)", n)
+	}
+	before := calls.Load()
+	if s := serve("good-token"); s != 200 || calls.Load() != before {
+		t.Fatalf("good token after the flood: %d, %d more calls", s, calls.Load()-before)
+	}
+	// A junk token just seen is answered from the negative cache.
+	if s := serve("junk-" + itoa(20*bound-1)); s != 401 || calls.Load() != before {
+		t.Fatalf("repeated junk token: %d, %d more calls", s, calls.Load()-before)
+	}
+}
+
+func TestIntrospectionCacheUntil(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	for _, tt := range []struct {
+		exp  time.Time
+		ttl  time.Duration
+		want time.Time
+	}{
+		{now.Add(time.Hour), time.Minute, now.Add(time.Minute)},             // bounded by introspection_cache
+		{now.Add(10 * time.Second), time.Minute, now.Add(10 * time.Second)}, // never past exp
+		{now.Add(time.Hour), -time.Second, now},                             // negative: not cached
+	} {
+		if got := introspectionCacheUntil(now, tt.exp, tt.ttl); !got.Equal(tt.want) {
+			t.Errorf("introspectionCacheUntil(exp %v, ttl %v) = %v, want %v", tt.exp.Sub(now), tt.ttl, got.Sub(now), tt.want.Sub(now))
+		}
+	}
+}
+
+func TestTokenKindRules(t *testing.T) {
+	for _, tt := range []struct {
+		typ, require string
+		ok           bool
+	}{
+		{"", "", true}, {"JWT", "", true}, {"at+jwt", "", true},
+		{"logout+jwt", "", false}, {"application/logout+jwt", "", false}, {" Application/LOGOUT+JWT ", "", false},
+		{"id_token+jwt", "", false}, {"azat+jwt", "", false}, {"secevent+jwt", "", false}, {"dpop+jwt", "", false},
+		{"at+jwt", "at+jwt", true}, {"application/at+JWT", "at+jwt", true}, {"JWT", "at+jwt", false}, {"", "at+jwt", false},
+		{"logout+jwt", "at+jwt", false},
+	} {
+		r := tokenRules{requireTyp: normalizeTyp(tt.require), clientID: "web"}
+		if err := r.checkTyp(tt.typ); (err == nil) != tt.ok {
+			t.Errorf("checkTyp(%q, require %q) = %v", tt.typ, tt.require, err)
+		}
+	}
+	loose := tokenRules{acceptIDShaped: true, clientID: "web"}
+	for _, tt := range []struct {
+		claims       map[string]any
+		strict, lose string // "" when accepted, else a word of the error
+	}{
+		{map[string]any{"sub": "a"}, "", ""},
+		{map[string]any{"nonce": "n", "aud": "web"}, "nonce", ""},
+		{map[string]any{"at_hash": "h", "aud": []any{"api", "web"}}, "at_hash", ""},
+		{map[string]any{"c_hash": "h", "aud": "api"}, "c_hash", "client_id"},
+	} {
+		for _, c := range []struct {
+			r    tokenRules
+			want string
+		}{{tokenRules{clientID: "web"}, tt.strict}, {loose, tt.lose}} {
+			err := c.r.checkIDShape(tt.claims)
+			if (err == nil) != (c.want == "") || err != nil && !strings.Contains(err.Error(), c.want) {
+				t.Errorf("checkIDShape(%v, accept %v) = %v, want %q", tt.claims, c.r.acceptIDShaped, err, c.want)
+			}
+		}
+	}
+	for _, claims := range []map[string]any{{"events": map[string]any{}}, {"typ": "Logout"}, {"typ": "refresh"}, {"typ": "ID"}} {
+		if loose.checkMarkers(claims) == nil {
+			t.Errorf("checkMarkers(%v) accepted", claims)
+		}
+	}
+	if loose.checkMarkers(map[string]any{"typ": "Bearer"}) != nil {
+		t.Error("Keycloak access token refused")
+	}
+}
+
+func TestBearerOptionsValidate(t *testing.T) {
+	base := func() *OIDC {
+		return &OIDC{Issuer: "https://op.example", ClientID: "web", Scopes: []string{"openid"}, Session: "cookie"}
+	}
+	for _, tt := range []struct {
+		name string
+		mut  func(*OIDC)
+		ok   bool
+	}{
+		{"defaults", func(*OIDC) {}, true},
+		{"require_typ at+jwt", func(o *OIDC) { o.RequireTyp = "at+jwt" }, true},
+		{"require_typ logout+jwt", func(o *OIDC) { o.RequireTyp = "application/logout+jwt" }, false},
+		{"bearer_id_token_shaped accept", func(o *OIDC) { o.BearerIDTokenShaped = "accept" }, true},
+		{"bearer_id_token_shaped maybe", func(o *OIDC) { o.BearerIDTokenShaped = "maybe" }, false},
+		{"mint_from_bearer without azat", func(o *OIDC) { o.MintFromBearer = true }, false},
+	} {
+		o := base()
+		tt.mut(o)
+		if err := o.validateBearer(); (err == nil) != tt.ok {
+			t.Errorf("%s: %v", tt.name, err)
+		}
+	}
+}
+
+// TestTokeninfoCached: tokeninfo answers go through the same caches as
+// introspection: one call per token, also for a rejected one.
+func TestTokeninfoCached(t *testing.T) {
+	var calls atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		_ = r.ParseForm()
+		w.Header().Set("Content-Type", "application/json")
+		if r.PostForm.Get("access_token") != "ya29.good" {
+			w.WriteHeader(400)
+			_ = json.NewEncoder(w).Encode(map[string]any{"error": "invalid_token"})
+			return
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"aud": "client-1", "sub": "123", "exp": itoa(time.Now().Add(time.Hour).Unix())})
+	}))
+	defer srv.Close()
+	o := testOIDC(t)
+	o.TokeninfoEndpoint = srv.URL
+	o.rt.introspected = expiry.New[[32]byte, *identity](16)
+	o.rt.remote = newRemoteChecks(16, 2)
+	p := &provider{meta: providerMetadata{Issuer: "https://accounts.google.com"}}
+	for range 3 {
+		if id, err := o.verifyBearer(context.Background(), p, "ya29.good"); err != nil || id.Subject != "123" {
+			t.Fatalf("good token: %v", err)
+		}
+		if _, err := o.verifyBearer(context.Background(), p, "ya29.bad"); err == nil {
+			t.Fatal("bad token accepted")
+		}
+	}
+	if n := calls.Load(); n != 2 {
+		t.Fatalf("%d tokeninfo calls for 3 requests with each of 2 tokens, want 2", n)
+	}
+}
