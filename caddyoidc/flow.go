@@ -230,6 +230,7 @@ func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider
 		// One refresh token per user: the session refreshes through the grant.
 		s.GrantKey, s.RefreshToken = grantKey(s.Identity), ""
 	}
+	s.labelIdentity() // as a session read back is (the store caches this one)
 	if err := o.saveSession(w, r, s); err != nil {
 		o.callbackError(w, r, http.StatusServiceUnavailable, "the session could not be saved", err)
 		return
