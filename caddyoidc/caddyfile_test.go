@@ -140,6 +140,9 @@ func TestValidate(t *testing.T) {
 		{"cookie name non-ASCII", func(o *OIDC) { o.CookieName = "sessión" }, "cookie_name"},
 		{"cookie name too long", func(o *OIDC) { o.CookieName = strings.Repeat("c", 65) }, "cookie_name"},
 		{"negative session_cache is fine", func(o *OIDC) { o.SessionCache = -1 }, ""},
+		{"namespace ok", func(o *OIDC) { o.Namespace = "files.prod-1" }, ""},
+		{"namespace with /", func(o *OIDC) { o.Namespace = "../x" }, "namespace"},
+		{"namespace too long", func(o *OIDC) { o.Namespace = strings.Repeat("n", 65) }, "namespace"},
 	}
 	for _, tt := range tests {
 		o := base()
