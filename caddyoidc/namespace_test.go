@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // TestNamespaceID: every part of (site, issuer, client) separates
@@ -139,5 +142,30 @@ func TestCaddyfileSiteAddress(t *testing.T) {
 		if site != tt.want {
 			t.Errorf("site = %q, want %q\n%s", site, tt.want, out)
 		}
+	}
+}
+
+// TestUpgradeFailsClosed: storage written by a version without namespaces
+// (a cookie secret and a session at the old keys) is not used, and a
+// warning says so once; the handler's own data starts empty.
+func TestUpgradeFailsClosed(t *testing.T) {
+	ctx := context.Background()
+	raw := &certmagic.FileStorage{Path: t.TempDir()}
+	_ = raw.Store(ctx, cookieSecretKey, []byte(strings.Repeat("o", 32)))
+	_ = raw.Store(ctx, "caddy-oidc/sessions/abc", []byte("old"))
+	core, logs := observer.New(zap.WarnLevel)
+	o := &OIDC{Issuer: "http://127.0.0.1:1", ClientID: "web", Session: "store"}
+	if err := o.provision(ctx, zap.New(core), raw); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = o.Cleanup() })
+	if n := logs.FilterMessageSnippet("earlier version").Len(); n != 1 {
+		t.Fatalf("%d upgrade warnings, want 1: %v", n, logs.All())
+	}
+	if o.storage.Exists(ctx, "caddy-oidc/sessions/abc") {
+		t.Fatal("the old session is visible in the namespace")
+	}
+	if b, _ := o.storage.Load(ctx, cookieSecretKey); string(b) == strings.Repeat("o", 32) {
+		t.Fatal("the old cookie secret is used")
 	}
 }
