@@ -162,9 +162,11 @@ func TestBrowserDeviceApproval(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitLocation(t, ctx, site.URL+"/auth/device")
+	// The link named the code; the user types what the device shows.
 	err = chromedp.Run(ctx,
 		chromedp.WaitVisible(`#approve`, chromedp.ByID),
 		chromedp.Text(`#code`, &shown, chromedp.ByID),
+		chromedp.SendKeys(`#confirm_code`, d.UserCode, chromedp.ByID),
 		chromedp.Click(`#approve`, chromedp.ByID),
 		chromedp.WaitVisible(`#message`, chromedp.ByID),
 		chromedp.Text(`#message`, &msg, chromedp.ByID),

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"io/fs"
 	"net/http"
 	"net/url"
 	"os"
@@ -54,8 +55,16 @@ func pollDevice(t *testing.T, site, deviceCode string) (int, map[string]any) {
 
 var csrfRe = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
 
-// decide approves or denies a user code in the logged-in browser c.
+// decide approves or denies a user code in the logged-in browser c, typing
+// the code into the confirmation field as the user must.
 func decide(t *testing.T, c *http.Client, site, userCode, action string) *http.Response {
+	t.Helper()
+	return decideTyped(t, c, site, userCode, userCode, action)
+}
+
+// decideTyped opens the page of userCode (as verification_uri_complete
+// does) and posts action with typed in the confirmation field.
+func decideTyped(t *testing.T, c *http.Client, site, userCode, typed, action string) *http.Response {
 	t.Helper()
 	resp := get(t, c, site+"/auth/device?user_code="+url.QueryEscape(userCode), navigate...)
 	page := body(t, resp)
@@ -66,7 +75,7 @@ func decide(t *testing.T, c *http.Client, site, userCode, action string) *http.R
 	if m == nil {
 		t.Fatal("no csrf token on the device page")
 	}
-	form := url.Values{"user_code": {userCode}, "csrf": {htmlUnescape(m[1])}, "action": {action}}
+	form := url.Values{"user_code": {userCode}, "csrf": {htmlUnescape(m[1])}, "action": {action}, "confirm_code": {typed}}
 	req, _ := http.NewRequest("POST", site+"/auth/device", strings.NewReader(form.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Sec-Fetch-Site", "same-origin")
@@ -139,8 +148,7 @@ func TestDeviceFlow(t *testing.T) {
 	})
 	t.Run("expired", func(t *testing.T) {
 		d := startDevice(t, site.URL)
-		h := sha256.Sum256([]byte(d.DeviceCode))
-		f := filepath.Join(site.Storage, "caddy-oidc", "device", "code", hex.EncodeToString(h[:]))
+		f := deviceFile(t, site.Storage, d.DeviceCode)
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
@@ -154,6 +162,9 @@ func TestDeviceFlow(t *testing.T) {
 		}
 		if s, m := pollDevice(t, site.URL, d.DeviceCode); s != 400 || m["error"] != "expired_token" {
 			t.Fatalf("expired: %d %v", s, m)
+		}
+		if _, err := os.Stat(f); !os.IsNotExist(err) {
+			t.Fatalf("expired device record still stored after the poll: %v", err)
 		}
 	})
 	t.Run("wrong user code and brute force bound", func(t *testing.T) {
@@ -177,4 +188,23 @@ func TestDeviceFlow(t *testing.T) {
 			t.Fatalf("anonymous device page: %d %s", resp.StatusCode, resp.Header.Get("Location"))
 		}
 	})
+}
+
+// deviceFile is the storage file of a device code's record (found by its
+// hash, wherever the handler's namespace puts it).
+func deviceFile(t *testing.T, storage, deviceCode string) string {
+	t.Helper()
+	h := sha256.Sum256([]byte(deviceCode))
+	name := hex.EncodeToString(h[:])
+	var found string
+	_ = filepath.WalkDir(storage, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && d.Name() == name && filepath.Base(filepath.Dir(p)) == "code" {
+			found = p
+		}
+		return nil
+	})
+	if found == "" {
+		t.Fatalf("no stored record for device code %.8s...", deviceCode)
+	}
+	return found
 }
