@@ -254,6 +254,29 @@ func (o *OIDC) sweepDevices(ctx context.Context) {
 		if keys, err := o.deviceCodeKeys(ctx); err == nil {
 			o.sweepDeviceCodes(ctx, keys)
 		}
+		o.sweepUserCodes(ctx)
 		o.sweepCodeTries(ctx)
+	}
+}
+
+// sweepUserCodes deletes at most deviceSweepBatch user-code records whose
+// device record is gone (left by a failed delete). A user code is stored
+// after its device record, so a live one is never taken for an orphan.
+func (o *OIDC) sweepUserCodes(ctx context.Context) {
+	keys, err := o.storage.List(ctx, o.key("device/user"), false)
+	if err != nil {
+		return
+	}
+	for i, k := range keys {
+		if i >= deviceSweepBatch {
+			return
+		}
+		if normalizeUserCode(path.Base(k)) == "" {
+			continue
+		}
+		b, err := o.storage.Load(ctx, k)
+		if err == nil && !o.storage.Exists(ctx, string(b)) {
+			_ = o.storage.Delete(ctx, k)
+		}
 	}
 }

@@ -1,8 +1,14 @@
 package caddyoidc
 
 import (
+	"context"
+	"encoding/json"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
 )
 
 // TestDeviceRateLimits: one IP gets its burst of 10 then slow_down with the
@@ -105,5 +111,50 @@ func TestCodeTries(t *testing.T) {
 	out, wait := c.exhausted(now)
 	if !out || wait != time.Minute {
 		t.Fatalf("at the limit: %v, retry in %s (want 1m)", out, wait)
+	}
+}
+
+// TestDeviceSweep: the background sweep deletes expired device records with
+// their user codes, orphaned user codes and spent wrong-code counters, and
+// keeps live ones.
+func TestDeviceSweep(t *testing.T) {
+	ctx := context.Background()
+	st := &certmagic.FileStorage{Path: t.TempDir()}
+	o := &OIDC{storage: st, logger: zap.NewNop(), rt: &runtime{root: "caddy-oidc/"}}
+	put := func(code, userCode string, exp time.Time) {
+		rec := &deviceRecord{UserCode: userCode, Expires: exp.Unix(), Status: "pending"}
+		if err := o.storeDevice(ctx, code, rec); err != nil {
+			t.Fatal(err)
+		}
+		_ = st.Store(ctx, o.userCodeKey(userCode), []byte(o.deviceKey(code)))
+	}
+	now := time.Now()
+	put("live", "BBBBBBBB", now.Add(time.Minute))
+	put("dead", "CCCCCCCC", now.Add(-time.Second))
+	_ = st.Store(ctx, o.userCodeKey("DDDDDDDD"), []byte(o.deviceKey("gone"))) // orphan
+	spent, _ := json.Marshal(codeTries{Times: []int64{now.Add(-time.Hour).UnixMilli()}})
+	fresh, _ := json.Marshal(codeTries{Times: []int64{now.UnixMilli()}})
+	_ = st.Store(ctx, o.key("device/tries/"+strings.Repeat("a", 64)), spent)
+	_ = st.Store(ctx, o.key("device/tries/"+strings.Repeat("b", 64)), fresh)
+
+	keys, err := o.deviceCodeKeys(ctx)
+	if err != nil || len(keys) != 2 {
+		t.Fatalf("keys %v %v", keys, err)
+	}
+	if n := o.sweepDeviceCodes(ctx, keys); n != 1 {
+		t.Fatalf("deleted %d, want 1", n)
+	}
+	o.sweepUserCodes(ctx)
+	o.sweepCodeTries(ctx)
+	for key, want := range map[string]bool{
+		o.deviceKey("live"): true, o.userCodeKey("BBBBBBBB"): true,
+		o.deviceKey("dead"): false, o.userCodeKey("CCCCCCCC"): false,
+		o.userCodeKey("DDDDDDDD"): false,
+		o.key("device/tries/" + strings.Repeat("a", 64)): false,
+		o.key("device/tries/" + strings.Repeat("b", 64)): true,
+	} {
+		if got := st.Exists(ctx, key); got != want {
+			t.Errorf("%s exists %v, want %v", key, got, want)
+		}
 	}
 }
