@@ -149,7 +149,7 @@ func TestDeviceSweep(t *testing.T) {
 	for key, want := range map[string]bool{
 		o.deviceKey("live"): true, o.userCodeKey("BBBBBBBB"): true,
 		o.deviceKey("dead"): false, o.userCodeKey("CCCCCCCC"): false,
-		o.userCodeKey("DDDDDDDD"): false,
+		o.userCodeKey("DDDDDDDD"):                        false,
 		o.key("device/tries/" + strings.Repeat("a", 64)): false,
 		o.key("device/tries/" + strings.Repeat("b", 64)): true,
 	} {
