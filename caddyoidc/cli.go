@@ -172,13 +172,20 @@ func deviceLogin(ctx context.Context, client *http.Client, routes, clientID stri
 		VerificationURIComplete string `json:"verification_uri_complete"`
 		ExpiresIn               int    `json:"expires_in"`
 		Interval                int    `json:"interval"`
+		Error                   string `json:"error"`
+		Description             string `json:"error_description"`
 	}
 	status, err := postForm(ctx, client, routes+"/device/code", url.Values{"client_id": {clientID}}, &start)
-	if err != nil {
+	if err != nil && status != http.StatusTooManyRequests {
 		return storedToken{}, err
 	}
-	if status != http.StatusOK || start.DeviceCode == "" {
-		return storedToken{}, fmt.Errorf("the site refused the device login (status %d): does its oidc block have azat?", status)
+	switch {
+	case status == http.StatusTooManyRequests:
+		return storedToken{}, fmt.Errorf("the site is limiting device logins (%s): retry in a minute", start.Error)
+	case start.Error == "invalid_client":
+		return storedToken{}, fmt.Errorf("the site does not accept the client name %q (--client-id): %s", clientID, start.Description)
+	case status != http.StatusOK || start.DeviceCode == "":
+		return storedToken{}, fmt.Errorf("the site refused the device login (status %d %s): does its oidc block have azat?", status, start.Error)
 	}
 	fmt.Fprintf(out, "To log in, open %s\nand enter the code %s\n(or open %s)\n", start.VerificationURI, start.UserCode, start.VerificationURIComplete)
 	interval := time.Duration(max(start.Interval, 1)) * time.Second

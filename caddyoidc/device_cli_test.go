@@ -1,6 +1,7 @@
 package caddyoidc
 
 import (
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -76,5 +77,30 @@ func TestOIDCLoginNoDowngradeRedirect(t *testing.T) {
 	}
 	if err := noDowngrade(true)(to("http://site/y"), []*http.Request{to("http://site/x")}); err != nil {
 		t.Fatalf("--insecure: %v", err)
+	}
+}
+
+// TestOIDCLoginExplainsRefusals: a rate-limited or refused start tells the
+// user why, instead of blaming the site's configuration.
+func TestOIDCLoginExplainsRefusals(t *testing.T) {
+	for _, tt := range []struct {
+		status int
+		body   string
+		want   string
+	}{
+		{429, `{"error":"slow_down"}`, "limiting device logins (slow_down)"},
+		{400, `{"error":"invalid_client","error_description":"no"}`, `client name "cli"`},
+		{400, `{"error":"unsupported_grant_type"}`, "does its oidc block have azat"},
+	} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Retry-After", "6")
+			w.WriteHeader(tt.status)
+			_, _ = w.Write([]byte(tt.body))
+		}))
+		_, err := deviceLogin(t.Context(), srv.Client(), srv.URL+"/auth", "cli", io.Discard, nil)
+		srv.Close()
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%d %s: %v, want %q", tt.status, tt.body, err, tt.want)
+		}
 	}
 }
