@@ -255,6 +255,20 @@ func (c *Config) Validate() error {
 	if c.Lifetime < 0 {
 		return errors.New("azat: lifetime must be positive")
 	}
+	if c.Fallback != "" && c.Fallback != "access_token" {
+		return fmt.Errorf("azat: fallback must be access_token, not %q", c.Fallback)
+	}
+	if c.JWKSPath != "" && c.JWKSPath != "off" && !strings.HasPrefix(c.JWKSPath, "/") {
+		return errors.New("azat: jwks path must start with /")
+	}
+	for name, u := range map[string]string{"trust": c.Trust, "issuer": c.Issuer, "kms endpoint": c.KMSEndpoint} {
+		if u == "" || strings.Contains(u, "{") {
+			continue
+		}
+		if p, err := url.Parse(u); err != nil || p.Host == "" || (p.Scheme != "https" && p.Scheme != "http") {
+			return fmt.Errorf("azat: %s must be an absolute http(s) URL", name)
+		}
+	}
 	if c.DeviceLifetime < 0 {
 		return errors.New("azat: device_lifetime must be positive")
 	}
@@ -269,20 +283,6 @@ func (c *Config) Validate() error {
 	for _, n := range c.DeviceClients {
 		if !ValidDeviceClient(n) {
 			return fmt.Errorf("azat: device_clients: %q must be 1 to 64 printable ASCII characters", n)
-		}
-	}
-	if c.Fallback != "" && c.Fallback != "access_token" {
-		return fmt.Errorf("azat: fallback must be access_token, not %q", c.Fallback)
-	}
-	if c.JWKSPath != "" && c.JWKSPath != "off" && !strings.HasPrefix(c.JWKSPath, "/") {
-		return errors.New("azat: jwks path must start with /")
-	}
-	for name, u := range map[string]string{"trust": c.Trust, "issuer": c.Issuer, "kms endpoint": c.KMSEndpoint} {
-		if u == "" || strings.Contains(u, "{") {
-			continue
-		}
-		if p, err := url.Parse(u); err != nil || p.Host == "" || (p.Scheme != "https" && p.Scheme != "http") {
-			return fmt.Errorf("azat: %s must be an absolute http(s) URL", name)
 		}
 	}
 	return nil

@@ -2,7 +2,9 @@ package caddyoidc_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io/fs"
@@ -536,4 +538,23 @@ func TestDeviceExpiredRecordDeletedWhenTouched(t *testing.T) {
 	if n := storedFiles(t, site.Storage); n != before-2+1 {
 		t.Fatalf("files %d -> %d", before, n)
 	}
+}
+
+// deviceFile is the storage file of a device code's record (found by its
+// hash, wherever the handler's namespace puts it).
+func deviceFile(t *testing.T, storage, deviceCode string) string {
+	t.Helper()
+	h := sha256.Sum256([]byte(deviceCode))
+	name := hex.EncodeToString(h[:])
+	var found string
+	_ = filepath.WalkDir(storage, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && d.Name() == name && filepath.Base(filepath.Dir(p)) == "code" {
+			found = p
+		}
+		return nil
+	})
+	if found == "" {
+		t.Fatalf("no stored record for device code %.8s...", deviceCode)
+	}
+	return found
 }
