@@ -478,11 +478,27 @@ func TestDeviceWrongCodeLimitPerUser(t *testing.T) {
 	if resp := get(t, second, site.URL+"/auth/device", navigate...); resp.StatusCode != 200 {
 		t.Fatalf("blank page: %d", resp.StatusCode)
 	}
-	// Another instance on the same storage (this one restarted).
-	other := startCaddy(t, block, up, site.Storage)
+	// Another instance of the site on the same storage: this one restarted
+	// (a new handler, nothing in memory), same address.
+	restartCaddy(t, site, block, up)
 	third := browser()
-	login(t, third, op, other.URL, "/")
-	limited(third, other.URL)
+	login(t, third, op, site.URL, "/")
+	limited(third, site.URL)
+}
+
+// restartCaddy loads a new configuration for the running site (same
+// address and storage): a new handler, as another instance would have.
+func restartCaddy(t *testing.T, site *caddyInstance, oidcBlock string, up *upstream) {
+	t.Helper()
+	cf := fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n\tauto_https off\n\tstorage file_system %s\n}\n%s {\n\t%s\n\treverse_proxy %s\n}\n",
+		site.Storage, site.URL, oidcBlock, strings.TrimPrefix(up.URL, "http://"))
+	cfg, _, err := caddyconfigAdapt(cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestDevicePageBodyLimit: POST /auth/device reads at most 4 KiB; beyond,
