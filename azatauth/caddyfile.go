@@ -10,6 +10,8 @@ import (
 //
 //	azat {
 //		lifetime     <duration>
+//		device_lifetime <duration>
+//		device_clients <name>...
 //		signer       local [<key.pem>] | kms <key-id-or-alias> [region <r>] [endpoint <url>]
 //		jwks         <path>|off
 //		issuer       <url>
@@ -46,6 +48,20 @@ func (c *Config) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("lifetime: %v", perr)
 			}
 			c.Lifetime = caddy.Duration(v)
+		case "device_lifetime":
+			if len(args) != 1 {
+				return d.ArgErr()
+			}
+			v, perr := caddy.ParseDuration(args[0])
+			if perr != nil {
+				return d.Errf("device_lifetime: %v", perr)
+			}
+			c.DeviceLifetime = caddy.Duration(v)
+		case "device_clients":
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			c.DeviceClients = append(c.DeviceClients, args...)
 		case "signer":
 			if len(args) == 0 {
 				return d.ArgErr()

@@ -24,6 +24,18 @@ type Config struct {
 	// Lifetime of a minted AZAT. Default: 168h (7 days).
 	Lifetime caddy.Duration `json:"lifetime,omitempty"`
 
+	// DeviceLifetime is the lifetime of AZATs minted through the device
+	// flow (`caddy oidc-login`, `<routes>/device/token`), which a user
+	// approves for a requester they cannot see. At most Lifetime. Default:
+	// 24h, or Lifetime when that is shorter.
+	DeviceLifetime caddy.Duration `json:"device_lifetime,omitempty"`
+
+	// DeviceClients, when set, lists the only client names (the
+	// `client_id` form field of `<routes>/device/code`) that may start the
+	// device flow; others get 400 `invalid_client`. The name is still
+	// declared by the requester, never authenticated. Default: any name.
+	DeviceClients []string `json:"device_clients,omitempty"`
+
 	// Signer selects the signing key: `local` (default: an ES256 key
 	// generated once and kept in Caddy storage, or KeyFile) or `kms`
 	// (an asymmetric AWS KMS key).
@@ -92,10 +104,13 @@ type Config struct {
 }
 
 const (
-	defaultLifetime  = 168 * time.Hour
-	defaultJWKSPath  = "/.well-known/jwks.json"
-	grantSecretKey   = "caddy-oidc/azat/grant_secret"
-	maxVerifiedCache = 100000
+	defaultLifetime = 168 * time.Hour
+	// defaultDeviceLifetime is the default DeviceLifetime (capped at
+	// Lifetime).
+	defaultDeviceLifetime = 24 * time.Hour
+	defaultJWKSPath       = "/.well-known/jwks.json"
+	grantSecretKey        = "caddy-oidc/azat/grant_secret"
+	maxVerifiedCache      = 100000
 )
 
 // Service is a provisioned AZAT configuration.
@@ -117,6 +132,9 @@ type Service struct {
 func (c *Config) Provision(ctx context.Context, logger *zap.Logger, st certmagic.Storage, client *http.Client) (*Service, error) {
 	if c.Lifetime == 0 {
 		c.Lifetime = caddy.Duration(defaultLifetime)
+	}
+	if c.DeviceLifetime == 0 {
+		c.DeviceLifetime = caddy.Duration(min(defaultDeviceLifetime, time.Duration(c.Lifetime)))
 	}
 	if c.Signer == "" {
 		c.Signer = "local"
@@ -270,5 +288,35 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("azat: %s must be an absolute http(s) URL", name)
 		}
 	}
+	if c.DeviceLifetime < 0 {
+		return errors.New("azat: device_lifetime must be positive")
+	}
+	lifetime := time.Duration(c.Lifetime)
+	if lifetime == 0 {
+		lifetime = defaultLifetime
+	}
+	if time.Duration(c.DeviceLifetime) > lifetime {
+		return fmt.Errorf("azat: device_lifetime (%s) must not be longer than lifetime (%s)",
+			time.Duration(c.DeviceLifetime), lifetime)
+	}
+	for _, n := range c.DeviceClients {
+		if !ValidDeviceClient(n) {
+			return fmt.Errorf("azat: device_clients: %q must be 1 to 64 printable ASCII characters", n)
+		}
+	}
 	return nil
+}
+
+// ValidDeviceClient tells whether name can be a device client name: 1 to 64
+// printable ASCII characters (what the approval page shows).
+func ValidDeviceClient(name string) bool {
+	if name == "" || len(name) > 64 {
+		return false
+	}
+	for _, c := range []byte(name) {
+		if c < 0x20 || c > 0x7e {
+			return false
+		}
+	}
+	return true
 }

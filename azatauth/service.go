@@ -36,6 +36,13 @@ func (s *Service) Grants() *GrantStore { return s.grants }
 // Lifetime is the lifetime of minted tokens.
 func (s *Service) Lifetime() time.Duration { return time.Duration(s.cfg.Lifetime) }
 
+// DeviceLifetime is the lifetime of tokens minted through the device flow.
+func (s *Service) DeviceLifetime() time.Duration { return time.Duration(s.cfg.DeviceLifetime) }
+
+// DeviceClients lists the client names allowed to start the device flow;
+// empty means any.
+func (s *Service) DeviceClients() []string { return s.cfg.DeviceClients }
+
 // FallbackToAccessToken tells whether users without a grant get their
 // provider access token from the token route.
 func (s *Service) FallbackToAccessToken() bool { return s.cfg.Fallback == "access_token" }
@@ -63,9 +70,18 @@ type Minted struct {
 	ExpiresAt int64  `json:"expires_at"`
 }
 
-// Mint reserves a jti for the user's grant and signs a token for it. The
-// token is verified before it is returned.
+// Mint reserves a jti for the user's grant and signs a token for it, valid
+// Lifetime. The token is verified before it is returned.
 func (s *Service) Mint(ctx context.Context, grantKey, origin string) (*Minted, error) {
+	return s.MintFor(ctx, grantKey, origin, s.Lifetime())
+}
+
+// MintFor is Mint with a lifetime, at most Lifetime (longer is cut to it),
+// e.g. DeviceLifetime for the device flow.
+func (s *Service) MintFor(ctx context.Context, grantKey, origin string, lifetime time.Duration) (*Minted, error) {
+	if lifetime <= 0 || lifetime > s.Lifetime() {
+		lifetime = s.Lifetime()
+	}
 	if s.cfg.VerifyOnly || s.signer == nil {
 		return nil, errors.New("this site does not mint AZATs")
 	}
@@ -77,7 +93,7 @@ func (s *Service) Mint(ctx context.Context, grantKey, origin string) (*Minted, e
 		return nil, err
 	}
 	now := time.Now()
-	exp := now.Add(s.Lifetime())
+	exp := now.Add(lifetime)
 	c := &Claims{
 		Issuer: s.Issuer(origin), Audience: audience{s.Audience(origin)}, Subject: grantKey,
 		IssuedAt: now.Unix(), NotBefore: now.Unix(), Expiry: exp.Unix(), ID: strconv.FormatUint(jti, 10),
@@ -89,7 +105,7 @@ func (s *Service) Mint(ctx context.Context, grantKey, origin string) (*Minted, e
 	if _, err := Verify(tok, s.keyring.Lookup, Expectations{Issuer: c.Issuer, Audience: c.Audience[0], Now: now}); err != nil {
 		return nil, fmt.Errorf("minted token does not verify (signer misconfigured?): %w", err)
 	}
-	return &Minted{Token: tok, TokenType: "Bearer", ExpiresIn: int64(s.Lifetime().Seconds()), ExpiresAt: exp.Unix()}, nil
+	return &Minted{Token: tok, TokenType: "Bearer", ExpiresIn: int64(lifetime.Seconds()), ExpiresAt: exp.Unix()}, nil
 }
 
 // ErrRevoked means the token's jti is outside its grant's window.

@@ -162,10 +162,24 @@ func TestBrowserDeviceApproval(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitLocation(t, ctx, site.URL+"/auth/device")
+	// The link named the code, but one click on Approve approves nothing:
+	// the user must type what the device shows.
+	var refused string
+	err = chromedp.Run(ctx,
+		chromedp.WaitVisible(`#approve`, chromedp.ByID),
+		chromedp.Click(`#approve`, chromedp.ByID),
+		chromedp.WaitVisible(`#message`, chromedp.ByID),
+		chromedp.Text(`#message`, &refused, chromedp.ByID),
+	)
+	if err != nil || !strings.Contains(refused, "not this request's code") {
+		t.Fatalf("approve without typing the code: %v, message %q", err, refused)
+	}
 	err = chromedp.Run(ctx,
 		chromedp.WaitVisible(`#approve`, chromedp.ByID),
 		chromedp.Text(`#code`, &shown, chromedp.ByID),
+		chromedp.SendKeys(`#confirm_code`, d.UserCode, chromedp.ByID),
 		chromedp.Click(`#approve`, chromedp.ByID),
+		chromedp.WaitNotPresent(`#confirm_code`, chromedp.ByID), // the result page
 		chromedp.WaitVisible(`#message`, chromedp.ByID),
 		chromedp.Text(`#message`, &msg, chromedp.ByID),
 	)

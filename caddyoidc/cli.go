@@ -22,7 +22,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "oidc-login",
-		Usage: "[--print] [--force] [--client-id <name>] [--routes /auth] <site-url>",
+		Usage: "[--print] [--force] [--insecure] [--client-id <name>] [--routes /auth] <site-url>",
 		Short: "Logs in to a site protected by the oidc handler and stores a long-lived token (AZAT)",
 		Long: `
 Runs the device authorization flow (RFC 8628) against a site whose oidc
@@ -35,10 +35,15 @@ is valid for at least another hour unless --force), so that
 
   curl -H "Authorization: Bearer $(caddy oidc-login --print https://site)" https://site/api
 
-works in scripts. Messages go to standard error.`,
+works in scripts. Messages go to standard error.
+
+The site URL must be https://: over plain http the device code and the
+token travel unencrypted. --insecure allows http:// (for a test site,
+loopback included).`,
 		CobraFunc: func(cmd *cobra.Command) {
 			cmd.Flags().Bool("print", false, "print the token on standard output")
 			cmd.Flags().Bool("force", false, "log in again even if a valid token is stored")
+			cmd.Flags().Bool("insecure", false, "allow an http:// site (the token travels unencrypted)")
 			cmd.Flags().String("client-id", "caddy oidc-login", "name shown to the user when approving")
 			cmd.Flags().String("routes", defaultRoutes, "the site's oidc routes prefix")
 			cmd.Args = cobra.ExactArgs(1)
@@ -47,10 +52,38 @@ works in scripts. Messages go to standard error.`,
 	})
 }
 
+// checkSiteURL returns the site URL without a trailing slash, or why it
+// cannot be used: not an absolute http(s) URL, or http:// without insecure
+// (loopback included: the rule is simple, and --insecure says it).
+func checkSiteURL(raw string, insecure bool) (string, error) {
+	site := strings.TrimSuffix(raw, "/")
+	u, err := url.Parse(site)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil {
+		return "", fmt.Errorf("%q is not an https:// site URL", raw)
+	}
+	if u.Scheme == "http" && !insecure {
+		return "", fmt.Errorf("refusing %q: over http:// the device code and the token travel unencrypted; use the site's https:// URL, or --insecure for a test site", raw)
+	}
+	return site, nil
+}
+
+// noDowngrade refuses redirects away from https (unless insecure).
+func noDowngrade(insecure bool) func(*http.Request, []*http.Request) error {
+	return func(req *http.Request, via []*http.Request) error {
+		if len(via) >= 5 {
+			return errors.New("too many redirects")
+		}
+		if req.URL.Scheme != "https" && !insecure {
+			return fmt.Errorf("refusing a redirect to %s://%s: not https (--insecure allows it)", req.URL.Scheme, req.URL.Host)
+		}
+		return nil
+	}
+}
+
 func cmdOIDCLogin(fl caddycmd.Flags) (int, error) {
-	site := strings.TrimSuffix(fl.Arg(0), "/")
-	if u, err := url.Parse(site); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return caddy.ExitCodeFailedStartup, fmt.Errorf("%q is not an http(s) site URL", fl.Arg(0))
+	site, err := checkSiteURL(fl.Arg(0), fl.Bool("insecure"))
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
 	}
 	store, err := tokenStorePath()
 	if err != nil {
@@ -64,7 +97,7 @@ func cmdOIDCLogin(fl caddycmd.Flags) (int, error) {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	client := &http.Client{Timeout: 30 * time.Second}
+	client := &http.Client{Timeout: 30 * time.Second, CheckRedirect: noDowngrade(fl.Bool("insecure"))}
 	t, err := deviceLogin(ctx, client, site+"/"+strings.Trim(fl.String("routes"), "/"), fl.String("client-id"), os.Stderr, nil)
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, err
@@ -139,13 +172,20 @@ func deviceLogin(ctx context.Context, client *http.Client, routes, clientID stri
 		VerificationURIComplete string `json:"verification_uri_complete"`
 		ExpiresIn               int    `json:"expires_in"`
 		Interval                int    `json:"interval"`
+		Error                   string `json:"error"`
+		Description             string `json:"error_description"`
 	}
 	status, err := postForm(ctx, client, routes+"/device/code", url.Values{"client_id": {clientID}}, &start)
-	if err != nil {
+	if err != nil && status != http.StatusTooManyRequests {
 		return storedToken{}, err
 	}
-	if status != http.StatusOK || start.DeviceCode == "" {
-		return storedToken{}, fmt.Errorf("the site refused the device login (status %d): does its oidc block have azat?", status)
+	switch {
+	case status == http.StatusTooManyRequests:
+		return storedToken{}, fmt.Errorf("the site is limiting device logins (%s): retry in a minute", start.Error)
+	case start.Error == "invalid_client":
+		return storedToken{}, fmt.Errorf("the site does not accept the client name %q (--client-id): %s", clientID, start.Description)
+	case status != http.StatusOK || start.DeviceCode == "":
+		return storedToken{}, fmt.Errorf("the site refused the device login (status %d %s): does its oidc block have azat?", status, start.Error)
 	}
 	fmt.Fprintf(out, "To log in, open %s\nand enter the code %s\n(or open %s)\n", start.VerificationURI, start.UserCode, start.VerificationURIComplete)
 	interval := time.Duration(max(start.Interval, 1)) * time.Second

@@ -53,8 +53,16 @@ func pollDevice(t *testing.T, site, deviceCode string) (int, map[string]any) {
 
 var csrfRe = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
 
-// decide approves or denies a user code in the logged-in browser c.
+// decide approves or denies a user code in the logged-in browser c, typing
+// the code into the confirmation field as the user must.
 func decide(t *testing.T, c *http.Client, site, userCode, action string) *http.Response {
+	t.Helper()
+	return decideTyped(t, c, site, userCode, userCode, action)
+}
+
+// decideTyped opens the page of userCode (as verification_uri_complete
+// does) and posts action with typed in the confirmation field.
+func decideTyped(t *testing.T, c *http.Client, site, userCode, typed, action string) *http.Response {
 	t.Helper()
 	resp := get(t, c, site+"/auth/device?user_code="+url.QueryEscape(userCode), navigate...)
 	page := body(t, resp)
@@ -65,7 +73,7 @@ func decide(t *testing.T, c *http.Client, site, userCode, action string) *http.R
 	if m == nil {
 		t.Fatal("no csrf token on the device page")
 	}
-	form := url.Values{"user_code": {userCode}, "csrf": {htmlUnescape(m[1])}, "action": {action}}
+	form := url.Values{"user_code": {userCode}, "csrf": {htmlUnescape(m[1])}, "action": {action}, "confirm_code": {typed}}
 	req, _ := http.NewRequest("POST", site+"/auth/device", strings.NewReader(form.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Sec-Fetch-Site", "same-origin")
@@ -153,6 +161,9 @@ func TestDeviceFlow(t *testing.T) {
 		}
 		if s, m := pollDevice(t, site.URL, d.DeviceCode); s != 400 || m["error"] != "expired_token" {
 			t.Fatalf("expired: %d %v", s, m)
+		}
+		if _, err := os.Stat(f); !os.IsNotExist(err) {
+			t.Fatalf("expired device record still stored after the poll: %v", err)
 		}
 	})
 	t.Run("wrong user code and brute force bound", func(t *testing.T) {

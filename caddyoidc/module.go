@@ -418,6 +418,7 @@ func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.S
 	o.cancel = cancel
 	rt.disc = newDiscoverer(rt.issuer, rt.clientID, rt.httpClient, o.logger)
 	go rt.disc.run(dctx)
+	go o.sweepDevices(dctx)
 	if o.Session == "cookie" {
 		go o.watchRevocations(dctx)
 	}
@@ -553,7 +554,7 @@ type runtime struct {
 	sessions         *expiry.Map[string, *session]
 	stored           *expiry.Map[string, *session]
 	pending          pendingGrants
-	codeTries        userCodeTries
+	device           deviceLimits
 	revoked          revocations
 	mu               sync.Mutex
 	// ns is the namespace id (see namespace.go); o.storage is confined to it.

@@ -24,11 +24,12 @@ var (
 	csrfRe     = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
 )
 
-// cliLogin starts `caddy oidc-login --print site` and returns the user code
-// it printed, and a function that waits for it to end.
+// cliLogin starts `caddy oidc-login --print --insecure site` (the test
+// site is plain http) and returns the user code it printed, and a function
+// that waits for it to end.
 func cliLogin(t *testing.T, home, site string) (string, func() (stdout string, stderr string, err error)) {
 	t.Helper()
-	cmd := exec.Command(caddyBin(t), "oidc-login", "--print", site)
+	cmd := exec.Command(caddyBin(t), "oidc-login", "--print", "--insecure", site)
 	cmd.Env = append(os.Environ(), "HOME="+home, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"))
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
@@ -83,7 +84,8 @@ func approve(t *testing.T, c *http.Client, site, code, action string) {
 		t.Fatalf("device page: %d %s", resp.StatusCode, page)
 	}
 	csrf := strings.ReplaceAll(strings.ReplaceAll(string(m[1]), "&#43;", "+"), "&amp;", "&")
-	form := url.Values{"user_code": {code}, "csrf": {csrf}, "action": {action}}
+	// The user types the code the CLI printed, as the page requires.
+	form := url.Values{"user_code": {code}, "csrf": {csrf}, "action": {action}, "confirm_code": {code}}
 	req, _ := http.NewRequest("POST", site+"/auth/device", strings.NewReader(form.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Origin", site)
@@ -140,12 +142,21 @@ func TestCLIDeviceLogin(t *testing.T) {
 		t.Fatalf("token file: %v %v", err, fi)
 	}
 	// curl -H "Authorization: Bearer $(caddy oidc-login --print site)" works.
-	curl := exec.Command("timeout", "30", "bash", "-c", fmt.Sprintf(`curl --silent --fail -H "Authorization: Bearer $(%s oidc-login --print %s)" %s/api`,
+	curl := exec.Command("timeout", "30", "bash", "-c", fmt.Sprintf(`curl --silent --fail -H "Authorization: Bearer $(%s oidc-login --print --insecure %s)" %s/api`,
 		caddyBin(t), site, site))
 	curl.Env = append(os.Environ(), "HOME="+home, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"))
 	out, err := curl.CombinedOutput()
 	if err != nil || strings.TrimSpace(string(out)) != testop.UserID {
 		t.Fatalf("curl with the stored token: %v %q", err, out)
+	}
+
+	// Without --insecure, an http:// site is refused before any request,
+	// even with a stored token for it.
+	refused := exec.Command(caddyBin(t), "oidc-login", "--print", site)
+	refused.Env = curl.Env
+	out, err = refused.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--insecure") || strings.Contains(string(out), token) {
+		t.Fatalf("oidc-login of an http:// site without --insecure: %v %q", err, out)
 	}
 
 	// Denial: the CLI fails with access_denied.

@@ -1,0 +1,109 @@
+package caddyoidc
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"time"
+)
+
+// Wrong user codes are limited per user (issuer and subject, whatever the
+// browser session), in storage so that every instance sharing it counts
+// the same tries. Only wrong codes count: a lookup of a code that is not
+// pending, or an approval whose typed code does not match.
+const (
+	// maxUserCodeTries wrong codes per user and window.
+	maxUserCodeTries  = 10
+	userCodeTryWindow = 10 * time.Minute
+)
+
+// codeTries are the times (unix ms) of a user's recent wrong codes.
+type codeTries struct {
+	Times []int64 `json:"t"`
+}
+
+// prune drops tries older than the window.
+func (c *codeTries) prune(now time.Time) {
+	keep := c.Times[:0]
+	for _, t := range c.Times {
+		if now.Sub(time.UnixMilli(t)) < userCodeTryWindow {
+			keep = append(keep, t)
+		}
+	}
+	c.Times = keep
+}
+
+// exhausted tells whether no wrong code is left, and when one will be.
+func (c *codeTries) exhausted(now time.Time) (bool, time.Duration) {
+	if len(c.Times) < maxUserCodeTries {
+		return false, 0
+	}
+	oldest := c.Times[0]
+	for _, t := range c.Times {
+		oldest = min(oldest, t)
+	}
+	return true, time.UnixMilli(oldest).Add(userCodeTryWindow).Sub(now)
+}
+
+// triesKey is the storage key of a user's wrong-code counter.
+func (o *OIDC) triesKey(s *session) string {
+	iss := s.Identity.Issuer
+	if iss == "" {
+		iss = o.rt.issuer
+	}
+	h := sha256.Sum256([]byte(iss + "\x00" + s.Identity.Subject))
+	return o.key("device/tries/" + hex.EncodeToString(h[:]))
+}
+
+// loadTries reads a counter; a missing one is empty. The caller holds its
+// lock.
+func (o *OIDC) loadTries(ctx context.Context, key string, now time.Time) (*codeTries, error) {
+	var c codeTries
+	b, err := o.storage.Load(ctx, key)
+	if errors.Is(err, fs.ErrNotExist) {
+		return &c, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if json.Unmarshal(b, &c) != nil {
+		c = codeTries{} // unreadable: start again
+	}
+	c.prune(now)
+	return &c, nil
+}
+
+// addTry records a wrong code. The caller holds the counter's lock.
+func (o *OIDC) addTry(ctx context.Context, key string, c *codeTries, now time.Time) error {
+	c.Times = append(c.Times, now.UnixMilli())
+	if len(c.Times) > maxUserCodeTries {
+		c.Times = c.Times[len(c.Times)-maxUserCodeTries:]
+	}
+	b, _ := json.Marshal(c)
+	return o.storage.Store(ctx, key, b)
+}
+
+// sweepCodeTries deletes at most deviceSweepBatch counters whose tries
+// have all left the window.
+func (o *OIDC) sweepCodeTries(ctx context.Context) {
+	keys, err := o.storage.List(ctx, o.key("device/tries"), false)
+	if err != nil {
+		return
+	}
+	now := time.Now()
+	for i, k := range keys {
+		if i >= deviceSweepBatch {
+			return
+		}
+		if !isDeviceCodeKey(k) || o.storage.Lock(ctx, k+".lock") != nil {
+			continue
+		}
+		if c, err := o.loadTries(ctx, k, now); err == nil && len(c.Times) == 0 {
+			_ = o.storage.Delete(ctx, k)
+		}
+		_ = o.storage.Unlock(context.WithoutCancel(ctx), k+".lock")
+	}
+}
