@@ -255,3 +255,32 @@ func tokenAudience(t *testing.T, jwt string) string {
 	}
 	return fmt.Sprint(c.Aud)
 }
+
+// TestDeviceCodeOfAnotherSiteRefused: a device code started at site A
+// cannot be approved by a user logged in at site B (same Caddy, storage,
+// provider and client): B does not know the code, and A's poll stays
+// pending; the code is still approvable at A.
+func TestDeviceCodeOfAnotherSiteRefused(t *testing.T) {
+	op := startOP(t, testop.Options{})
+	up := newUpstream(t)
+	a, b := twoSites(t, up, oidcBlock(op, "azat"), oidcBlock(op, "azat"))
+	d := startDevice(t, a)
+	cb := browser()
+	login(t, cb, op, b, "/")
+	page := get(t, cb, b+"/auth/device?user_code="+url.QueryEscape(d.UserCode), navigate...)
+	if text := body(t, page); strings.Contains(text, "test-cli") {
+		t.Fatalf("site B shows site A's device request: %s", text)
+	}
+	if s, m := pollDevice(t, a, d.DeviceCode); s != http.StatusBadRequest || m["error"] != "authorization_pending" {
+		t.Fatalf("site A after the attempt at B: %d %v", s, m)
+	}
+	ca := browser()
+	login(t, ca, op, a, "/")
+	if resp := decide(t, ca, a, d.UserCode, "approve"); resp.StatusCode >= 400 {
+		t.Fatalf("approval at A: %d", resp.StatusCode)
+	}
+	time.Sleep(time.Duration(d.Interval) * time.Second)
+	if s, m := pollDevice(t, a, d.DeviceCode); s != 200 || m["access_token"] == nil {
+		t.Fatalf("site A after approval: %d %v", s, m)
+	}
+}
