@@ -114,7 +114,7 @@ func (o *OIDC) verifyJWTAccessToken(ctx context.Context, p *provider, tok string
 	}
 	id := newIdentity(claims, o.RolesClaim, nil)
 	id.Source = "bearer"
-	return id, exp, nil
+	return id, p.keys.cacheUntil(exp), nil // re-verified after a JWKS refetch
 }
 
 // introspect asks the provider about an opaque token (RFC 7662).

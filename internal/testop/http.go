@@ -77,6 +77,7 @@ func (o *OP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
+	o.jwksHeaders(w, r)
 	if o.logger == nil {
 		o.handler.ServeHTTP(w, r)
 		return
