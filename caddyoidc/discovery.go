@@ -126,7 +126,7 @@ func (d *discoverer) run(ctx context.Context) {
 	for {
 		p, err := discover(ctx, d.issuer, d.clientID, d.client)
 		if err == nil {
-			p.keys.logger = d.logger
+			p.keys.setLogger(d.logger)
 			d.current.Store(p)
 			d.logger.Info("provider discovered", zap.String("issuer", d.issuer))
 		} else {

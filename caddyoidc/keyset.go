@@ -59,9 +59,9 @@ var jwksMinTTL = time.Minute
 type remoteKeySet struct {
 	url    string
 	client *http.Client
-	logger *zap.Logger
 
 	mu       sync.RWMutex
+	logger   *zap.Logger
 	keys     []verifyKey
 	loaded   bool
 	fresh    time.Time // keys are used without a refetch until then
@@ -82,6 +82,13 @@ type verifyKey struct {
 
 func newRemoteKeySet(url string, client *http.Client) *remoteKeySet {
 	return &remoteKeySet{url: url, client: client, logger: zap.NewNop()}
+}
+
+// setLogger sets where fetch failures are logged.
+func (k *remoteKeySet) setLogger(l *zap.Logger) {
+	k.mu.Lock()
+	k.logger = l
+	k.mu.Unlock()
 }
 
 // tokenEndpointKey marks a context whose token came from the provider's
@@ -378,20 +385,20 @@ func (k *remoteKeySet) run(ctx context.Context, f *keyFetch) {
 	} else if retry := now.Add(jwksRetry); k.fresh.Before(retry) {
 		k.fresh = retry
 	}
-	n, loaded, expires := len(k.keys), k.loaded, k.expires
+	n, loaded, expires, logger := len(k.keys), k.loaded, k.expires, k.logger
 	f.err = err
 	k.inflight = nil
 	k.mu.Unlock()
 	close(f.done)
 	if err == nil {
-		k.logger.Debug("provider JWKS fetched", zap.String("jwks_uri", k.url), zap.Int("keys", len(keys)),
+		logger.Debug("provider JWKS fetched", zap.String("jwks_uri", k.url), zap.Int("keys", len(keys)),
 			zap.Duration("max_age", ttl))
 	} else if loaded {
-		k.logger.Warn("fetching the provider JWKS failed; the previous keys stay in use until they expire",
+		logger.Warn("fetching the provider JWKS failed; the previous keys stay in use until they expire",
 			zap.String("jwks_uri", k.url), zap.Int("keys", n), zap.Time("expires", expires),
 			zap.Duration("retry_in", jwksRetry), zap.Error(err))
 	} else {
-		k.logger.Warn("fetching the provider JWKS failed; no token verifies until it succeeds",
+		logger.Warn("fetching the provider JWKS failed; no token verifies until it succeeds",
 			zap.String("jwks_uri", k.url), zap.Duration("retry_in", jwksRetry), zap.Error(err))
 	}
 }
