@@ -84,6 +84,7 @@ type Keyring struct {
 	client   *http.Client
 
 	mu         sync.RWMutex
+	own        jwk.Key // the key this instance signs with (Add), nil when none
 	keys       map[string]*keyState
 	distrusted map[string]bool
 	refusing   bool // some key is distrusted or superseded
@@ -120,6 +121,9 @@ func (kr *Keyring) Add(ctx context.Context, key jwk.Key) error {
 	if !validKid.MatchString(kid) {
 		return fmt.Errorf("invalid kid %q", kid)
 	}
+	kr.mu.Lock()
+	kr.own = pub
+	kr.mu.Unlock()
 	recs, err := kr.loadRecords(ctx)
 	if err != nil {
 		return err
@@ -232,8 +236,12 @@ func (kr *Keyring) LookupOrReload(ctx context.Context, kid string) jwk.Key {
 // RefreshIfDue reads the keyring again when the last read is older than
 // keyringRefresh (remoteKeyringRefresh for a remote JWKS). The request that
 // finds it due waits for the read; concurrent ones go on with the keys in
-// memory.
-func (kr *Keyring) RefreshIfDue(ctx context.Context) {
+// memory. When this instance's own signing key (Add) is found superseded
+// (another instance started with another key: a rolling rotation, or a
+// misconfiguration) or missing, it is recorded as current again, so that a
+// key keeps verifying everywhere while any instance signs with it and is
+// superseded when the last one stopped; its kid is returned then.
+func (kr *Keyring) RefreshIfDue(ctx context.Context) (reasserted string, err error) {
 	every := keyringRefresh
 	if kr.st == nil {
 		every = remoteKeyringRefresh
@@ -242,15 +250,29 @@ func (kr *Keyring) RefreshIfDue(ctx context.Context) {
 	due := time.Since(kr.lastReload) >= every
 	kr.mu.RUnlock()
 	if !due || !kr.reloading.TryLock() {
-		return
+		return "", nil
 	}
 	defer kr.reloading.Unlock()
 	kr.mu.RLock()
 	due = time.Since(kr.lastReload) >= every
 	kr.mu.RUnlock()
-	if due {
-		_ = kr.Reload(ctx)
+	if !due {
+		return "", nil
 	}
+	if err := kr.Reload(ctx); err != nil {
+		return "", err
+	}
+	kr.mu.RLock()
+	own := kr.own
+	var ks *keyState
+	if own != nil {
+		ks = kr.keys[own.KeyID()]
+	}
+	kr.mu.RUnlock()
+	if own == nil || (ks != nil && ks.superseded.IsZero()) {
+		return "", nil
+	}
+	return own.KeyID(), kr.Add(ctx, own)
 }
 
 // refused tells whether a cached verification of token must be redone:

@@ -231,3 +231,65 @@ func TestLegacyKeyRecords(t *testing.T) {
 		}
 	}
 }
+
+// due makes kr's next RefreshIfDue read storage (as keyringRefresh later).
+func due(kr *Keyring) {
+	kr.mu.Lock()
+	kr.lastReload = time.Now().Add(-keyringRefresh)
+	kr.mu.Unlock()
+}
+
+// TestSigningKeyReasserted: during a rolling rotation, an instance still
+// signing with the old key finds it superseded and records it as current
+// again, so its tokens keep verifying on every instance; once it stops,
+// the old key stays superseded (and retires after lifetime + 1h).
+func TestSigningKeyReasserted(t *testing.T) {
+	ctx := context.Background()
+	st := &certmagic.FileStorage{Path: t.TempDir()}
+	oldInst, newInst, verifier := NewStorageKeyring(st), NewStorageKeyring(st), NewStorageKeyring(st)
+	old, cur := newPub(t), newPub(t)
+	if err := oldInst.Add(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := newInst.Add(ctx, cur); err != nil { // the new key starts: old superseded
+		t.Fatal(err)
+	}
+	state := func(kid string) time.Time {
+		if err := verifier.Reload(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range verifier.Keys() {
+			if k.Kid == kid {
+				return k.Superseded
+			}
+		}
+		t.Fatalf("no key %s", kid)
+		return time.Time{}
+	}
+	if state(old.KeyID()).IsZero() {
+		t.Fatal("old key not superseded by the new one")
+	}
+	due(oldInst)
+	if kid, err := oldInst.RefreshIfDue(ctx); err != nil || kid != old.KeyID() {
+		t.Fatalf("old instance did not reassert its key: %q %v", kid, err)
+	}
+	if !state(old.KeyID()).IsZero() || state(cur.KeyID()).IsZero() {
+		t.Fatal("after the reassertion the old key should be current, the new one superseded")
+	}
+	due(newInst)
+	if kid, _ := newInst.RefreshIfDue(ctx); kid != cur.KeyID() {
+		t.Fatalf("new instance did not reassert: %q", kid)
+	}
+	// The old instance is gone: nobody reasserts the old key any more.
+	due(newInst)
+	if kid, _ := newInst.RefreshIfDue(ctx); kid != "" {
+		t.Fatalf("reasserted a current key: %q", kid)
+	}
+	if state(old.KeyID()).IsZero() || !state(cur.KeyID()).IsZero() {
+		t.Fatal("after the rollout the old key should stay superseded")
+	}
+	// Not due: no storage read.
+	if kid, err := newInst.RefreshIfDue(ctx); kid != "" || err != nil {
+		t.Fatal("refreshed before keyringRefresh")
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwk"
+	"go.uber.org/zap"
 )
 
 // Issuer returns the iss (and default aud) for a request's origin.
@@ -123,9 +124,7 @@ func (s *Service) VerifyOwn(ctx context.Context, token string, h [32]byte, origi
 // verify finishes Verify: cached are the claims the cache holds for the
 // token's hash h, if any.
 func (s *Service) verify(ctx context.Context, token string, h [32]byte, cached *Claims, origin string, now time.Time) (*Claims, *Grant, error) {
-	// Picks up keys rotated, retired or distrusted on other instances
-	// (every keyringRefresh; this request waits for the read when due).
-	s.keyring.RefreshIfDue(ctx)
+	s.refreshKeys(ctx)
 	current, retain := s.currentKid(), s.retain()
 	c := cached
 	if c != nil && !s.expected(c, origin) {
@@ -205,11 +204,26 @@ func (s *Service) ServeJWKS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	s.keyring.RefreshIfDue(r.Context())
+	s.refreshKeys(r.Context())
 	b, _ := json.Marshal(s.keyring.JWKS(s.currentKid(), s.retain()))
 	w.Header().Set("Content-Type", "application/jwk-set+json")
 	w.Header().Set("Cache-Control", "public, max-age="+strconv.Itoa(jwksMaxAge))
 	_, _ = w.Write(b)
+}
+
+// refreshKeys picks up keys rotated, retired or distrusted on other
+// instances (every keyringRefresh; the request that finds it due waits for
+// the read).
+func (s *Service) refreshKeys(ctx context.Context) {
+	kid, err := s.keyring.RefreshIfDue(ctx)
+	switch {
+	case err != nil:
+		s.logger.Warn("reading the AZAT keyring failed; the keys in memory stay in use", zap.Error(err))
+	case kid != "":
+		s.logger.Warn("this instance's AZAT signing key was superseded by another instance's; recorded as current again "+
+			"(expected during a rolling key rotation; otherwise make every instance sharing the storage sign with one key)",
+			zap.String("kid", kid))
+	}
 }
 
 // currentKid is the kid of this site's signing key, "" when it has none (or
