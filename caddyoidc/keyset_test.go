@@ -169,3 +169,19 @@ func TestKeySetLifecycle(t *testing.T) {
 		t.Fatalf("after the provider recovered: %v", err)
 	}
 }
+
+// FuzzJWKSTTL: whatever the provider sends, the JWKS lifetime stays within
+// [jwksMinTTL, jwksMaxTTL].
+func FuzzJWKSTTL(f *testing.F) {
+	for _, s := range []string{"max-age=3600", "no-store", "max-age=-5, public", `max-age="1"`, "max-age=99999999999999999999", ""} {
+		f.Add(s, "0")
+	}
+	f.Fuzz(func(t *testing.T, cc, age string) {
+		h := http.Header{}
+		h.Set("Cache-Control", cc)
+		h.Set("Age", age)
+		if got := jwksTTL(h); got < jwksMinTTL || got > jwksMaxTTL {
+			t.Fatalf("jwksTTL(%q, age %q) = %v", cc, age, got)
+		}
+	})
+}
