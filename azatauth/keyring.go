@@ -227,12 +227,6 @@ func (kr *Keyring) known(kid string) bool {
 	return kr.keys[kid] != nil || kr.distrusted[kid]
 }
 
-// LookupOrReload is Usable without retirement: the key for kid unless
-// distrusted, reloading on an unknown kid.
-func (kr *Keyring) LookupOrReload(ctx context.Context, kid string) jwk.Key {
-	return kr.Usable(ctx, kid, kid, 0)
-}
-
 // RefreshIfDue reads the keyring again when the last read is older than
 // keyringRefresh (remoteKeyringRefresh for a remote JWKS). The request that
 // finds it due waits for the read; concurrent ones go on with the keys in

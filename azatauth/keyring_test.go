@@ -28,7 +28,7 @@ func TestKeyringRotation(t *testing.T) {
 	if err := a.Add(ctx, p1); err != nil {
 		t.Fatal(err)
 	}
-	if b.LookupOrReload(ctx, p1.KeyID()) == nil {
+	if b.Usable(ctx, p1.KeyID(), "", time.Hour) == nil {
 		t.Fatal("instance b does not see instance a's key")
 	}
 	k2, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -56,11 +56,11 @@ func TestKeyringRotation(t *testing.T) {
 	}))
 	defer srv.Close()
 	remote := NewRemoteKeyring(srv.URL, http.DefaultClient)
-	if remote.LookupOrReload(ctx, p1.KeyID()) == nil || remote.Lookup(p2.KeyID()) == nil {
+	if remote.Usable(ctx, p1.KeyID(), "", time.Hour) == nil || remote.Lookup(p2.KeyID()) == nil {
 		t.Fatal("remote keyring misses keys")
 	}
 	// Unknown kids reload at most every minKeyReload.
-	if remote.LookupOrReload(ctx, "nope") != nil {
+	if remote.Usable(ctx, "nope", "", time.Hour) != nil {
 		t.Fatal("found unknown kid")
 	}
 }
