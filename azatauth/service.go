@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwk"
+	"go.uber.org/zap"
 )
 
 // Issuer returns the iss (and default aud) for a request's origin.
@@ -143,16 +144,26 @@ func (s *Service) VerifyOwn(ctx context.Context, token string, h [32]byte, origi
 // verify finishes Verify: cached are the claims the cache holds for the
 // token's hash h, if any.
 func (s *Service) verify(ctx context.Context, token string, h [32]byte, cached *Claims, origin string, now time.Time) (*Claims, *Grant, error) {
+	s.refreshKeys(ctx)
+	current, retain := s.currentKid(), s.retain()
 	c := cached
 	if c != nil && !s.expected(c, origin) {
 		// Verified for another origin of this site (issuer and audience
 		// default to the request's origin): check it again for this one.
 		c = nil
 	}
+	if c != nil && s.keyring.refused(token, current, retain) {
+		// Verified before its key was distrusted or retired: the cache
+		// must not keep accepting it. Verify refuses it below.
+		c = nil
+	}
 	if c == nil {
 		var err error
-		c, err = Verify(token, func(kid string) jwk.Key { return s.keyring.LookupOrReload(ctx, kid) },
+		c, err = Verify(token, func(kid string) jwk.Key { return s.keyring.Usable(ctx, kid, current, retain) },
 			Expectations{Issuer: s.Issuer(origin), Audience: s.Audience(origin), Now: now})
+		if errors.Is(err, ErrUnknownKey) {
+			err = s.keyring.refusal(token, current, retain) // say why
+		}
 		if err != nil {
 			return nil, nil, err
 		}
@@ -203,22 +214,50 @@ func (s *Service) expected(c *Claims, origin string) bool {
 // ErrStore means the grant store failed (not the token).
 var ErrStore = errors.New("grant store unavailable")
 
-// ServeJWKS answers the public keys: the current one and those that may have
-// signed tokens still valid.
+// ServeJWKS answers the public keys that verify: the current one and those
+// superseded within the token lifetime + RetireMargin, never a distrusted
+// one. Cached for jwksMaxAge seconds: a site trusting this JWKS drops a
+// retired or distrusted key within about that time.
 func (s *Service) ServeJWKS(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET")
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	current := ""
-	if s.signer != nil {
-		if k, err := s.signer.PublicKey(); err == nil {
-			current = k.KeyID()
-		}
-	}
-	b, _ := json.Marshal(s.keyring.JWKS(current, s.Lifetime()+time.Hour))
+	s.refreshKeys(r.Context())
+	b, _ := json.Marshal(s.keyring.JWKS(s.currentKid(), s.retain()))
 	w.Header().Set("Content-Type", "application/jwk-set+json")
-	w.Header().Set("Cache-Control", "public, max-age=300")
+	w.Header().Set("Cache-Control", "public, max-age="+strconv.Itoa(jwksMaxAge))
 	_, _ = w.Write(b)
 }
+
+// refreshKeys picks up keys rotated, retired or distrusted on other
+// instances (every keyringRefresh; the request that finds it due waits for
+// the read).
+func (s *Service) refreshKeys(ctx context.Context) {
+	kid, err := s.keyring.RefreshIfDue(ctx)
+	switch {
+	case err != nil:
+		s.logger.Warn("reading the AZAT keyring failed; the keys in memory stay in use", zap.Error(err))
+	case kid != "":
+		s.logger.Warn("this instance's AZAT signing key was superseded by another instance's; recorded as current again "+
+			"(expected during a rolling key rotation; otherwise make every instance sharing the storage sign with one key)",
+			zap.String("kid", kid))
+	}
+}
+
+// currentKid is the kid of this site's signing key, "" when it has none (or
+// it is not loaded yet).
+func (s *Service) currentKid() string {
+	if s.signer == nil {
+		return ""
+	}
+	if k, err := s.signer.PublicKey(); err == nil {
+		return k.KeyID()
+	}
+	return ""
+}
+
+// retain is how long a superseded key keeps verifying: tokens it signed
+// live at most the lifetime.
+func (s *Service) retain() time.Duration { return s.Lifetime() + RetireMargin }

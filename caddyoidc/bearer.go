@@ -125,7 +125,7 @@ func (o *OIDC) verifyJWTAccessToken(ctx context.Context, p *provider, tok string
 	}
 	id := newIdentity(claims, o.RolesClaim, nil)
 	id.Source = "bearer"
-	return id, exp, nil
+	return id, p.keys.cacheUntil(exp), nil // re-verified after a JWKS refetch
 }
 
 // isIDToken recognises an ID token presented as an access token by the

@@ -101,7 +101,7 @@ func discover(ctx context.Context, issuer, clientID string, client *http.Client)
 		},
 	}
 	// Load keys now; failing here is not fatal (refetched on first use).
-	_ = keys.refresh(ctx, false)
+	_, _ = keys.refresh(ctx, fetchInitial)
 	return p, nil
 }
 
@@ -126,6 +126,7 @@ func (d *discoverer) run(ctx context.Context) {
 	for {
 		p, err := discover(ctx, d.issuer, d.clientID, d.client)
 		if err == nil {
+			p.keys.setLogger(d.logger)
 			d.current.Store(p)
 			d.logger.Info("provider discovered", zap.String("issuer", d.issuer))
 		} else {

@@ -29,9 +29,12 @@ type idTokenCheck struct {
 }
 
 // verifyIDToken verifies rawIDToken and returns its claims
-// (OpenID Connect Core 1.0 §3.1.3.7 and §12.2).
+// (OpenID Connect Core 1.0 §3.1.3.7 and §12.2). Only for ID tokens received
+// from the token endpoint (code exchange, refresh): an unknown kid in them
+// always allows a JWKS refetch (fromTokenEndpoint), unlike in tokens an
+// attacker can send.
 func verifyIDToken(ctx context.Context, v *oidc.IDTokenVerifier, raw string, c idTokenCheck) (map[string]any, error) {
-	tok, err := v.Verify(ctx, raw)
+	tok, err := v.Verify(fromTokenEndpoint(ctx), raw)
 	if err != nil {
 		return nil, err
 	}

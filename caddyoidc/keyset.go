@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -16,29 +17,58 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwk"
 	"github.com/lestrrat-go/jwx/v2/jws"
+	"go.uber.org/zap"
 )
 
 // minKeyRefetch is the shortest interval between two JWKS fetches triggered
-// by tokens with an unknown kid, so that a flood of forged kids cannot turn
-// the proxy into a load generator against the provider. The first unknown
-// kid after start-up always triggers a fetch, so a rotation is picked up at
-// once.
+// by attacker-supplied tokens (bearer tokens, back-channel logout tokens) with
+// an unknown kid, per provider, so that a flood of forged kids cannot turn the
+// proxy into a load generator against the provider. The first unknown kid
+// after start-up always triggers a fetch, so a rotation is picked up at once.
+// ID tokens from the token endpoint are not limited (see fromTokenEndpoint).
 var minKeyRefetch = 5 * time.Second
 
-// remoteKeySet is the provider's JWKS, cached and refetched when a token names
-// a kid it does not know (OpenID Connect Core 10.1.1), at most every
-// minKeyRefetch. It implements go-oidc's KeySet (used for ID tokens) and
-// verifies bearer JWTs directly; either way each key is pinned to the
-// algorithm family of its type.
+// Bounds of how long a fetched JWKS is used before it is fetched again: the
+// response's Cache-Control max-age (minus Age) clamped to [jwksMinTTL,
+// jwksMaxTTL], jwksDefaultTTL without one. A failed scheduled refetch keeps
+// the previous keys and is retried after jwksRetry, for at most jwksMaxStale
+// past their expiry; then no key verifies until a fetch succeeds.
+const (
+	jwksMaxTTL     = 24 * time.Hour
+	jwksDefaultTTL = time.Hour
+	jwksRetry      = 30 * time.Second
+	jwksMaxStale   = 24 * time.Hour
+)
+
+// jwksMinTTL is the shortest max-age honoured (a variable for tests).
+var jwksMinTTL = time.Minute
+
+// remoteKeySet is the provider's JWKS, cached until its max-age passes
+// (jwksTTL), then fetched again lazily by the first verification that needs
+// it: a key the provider removed stops verifying at most one max-age after
+// the last fetch that listed it (cached bearer results included, see
+// cacheUntil). Lazily rather than on a timer: the refusal does not depend on
+// a background goroutine having run (the first verification past max-age
+// waits for the fetch), an idle site makes no calls to the provider, and
+// there is nothing to stop on a config reload. A token naming a kid it does not know also
+// causes a fetch (OpenID Connect Core 10.1.1): always for ID tokens from the
+// token endpoint, at most every minKeyRefetch for other tokens. Concurrent
+// fetches are one fetch. It implements go-oidc's KeySet (ID tokens, logout
+// tokens) and verifies bearer JWTs directly; either way each key is pinned
+// to the algorithm family of its type.
 type remoteKeySet struct {
 	url    string
 	client *http.Client
 
 	mu       sync.RWMutex
+	logger   *zap.Logger
 	keys     []verifyKey
 	loaded   bool
+	fresh    time.Time // keys are used without a refetch until then
+	expires  time.Time // keys are not used after (fresh + jwksMaxStale)
 	inflight *keyFetch
-	// lastOnDemand is when a token with an unknown kid last caused a fetch.
+	// lastOnDemand is when an untrusted token with an unknown kid last
+	// caused a fetch.
 	lastOnDemand time.Time
 }
 
@@ -51,7 +81,68 @@ type verifyKey struct {
 }
 
 func newRemoteKeySet(url string, client *http.Client) *remoteKeySet {
-	return &remoteKeySet{url: url, client: client}
+	return &remoteKeySet{url: url, client: client, logger: zap.NewNop()}
+}
+
+// setLogger sets where fetch failures are logged.
+func (k *remoteKeySet) setLogger(l *zap.Logger) {
+	k.mu.Lock()
+	k.logger = l
+	k.mu.Unlock()
+}
+
+// tokenEndpointKey marks a context whose token came from the provider's
+// token endpoint (code exchange, refresh) over TLS to the configured
+// provider: a channel an attacker cannot feed, so an unknown kid there
+// always allows a refetch.
+type tokenEndpointKey struct{}
+
+// fromTokenEndpoint marks ctx: the token verified with it was received from
+// the token endpoint.
+func fromTokenEndpoint(ctx context.Context) context.Context {
+	return context.WithValue(ctx, tokenEndpointKey{}, true)
+}
+
+func isFromTokenEndpoint(ctx context.Context) bool {
+	v, _ := ctx.Value(tokenEndpointKey{}).(bool)
+	return v
+}
+
+// jwksTTL is how long a JWKS response may be used: Cache-Control max-age
+// (the smallest if repeated; one too large to represent counts as the
+// ceiling, RFC 9111 §1.2.2) minus Age, clamped to [jwksMinTTL, jwksMaxTTL];
+// no-store, no-cache and an unparsable max-age count as 0 (the floor);
+// jwksDefaultTTL without max-age.
+func jwksTTL(h http.Header) time.Duration {
+	ttl, found := jwksMaxTTL, false
+	for _, v := range h.Values("Cache-Control") {
+		for _, directive := range strings.Split(v, ",") {
+			name, val, _ := strings.Cut(strings.TrimSpace(directive), "=")
+			d := jwksMaxTTL
+			switch strings.ToLower(name) {
+			case "no-store", "no-cache":
+				d = 0
+			case "max-age":
+				n, err := strconv.ParseUint(strings.Trim(val, `"`), 10, 63)
+				switch {
+				case err == nil:
+					d = time.Duration(min(n, uint64(jwksMaxTTL/time.Second))) * time.Second
+				case !errors.Is(err, strconv.ErrRange):
+					d = 0
+				}
+			default:
+				continue
+			}
+			ttl, found = min(ttl, d), true
+		}
+	}
+	if !found {
+		return jwksDefaultTTL
+	}
+	if age, err := strconv.ParseUint(h.Get("Age"), 10, 63); err == nil {
+		ttl -= time.Duration(min(age, uint64(jwksMaxTTL/time.Second))) * time.Second
+	}
+	return min(max(ttl, jwksMinTTL), jwksMaxTTL)
 }
 
 var (
@@ -104,14 +195,9 @@ func (k *remoteKeySet) verifyCompact(ctx context.Context, token string, allowed 
 	if !asymmetricAlgs[h.Alg] || (allowed != nil && !slices.Contains(allowed, h.Alg)) {
 		return nil, nil, errAlgorithm
 	}
-	raw, ok := k.lookup(h.Kid, h.Alg)
-	if !ok {
-		if err := k.refresh(ctx, true); err != nil {
-			return nil, nil, err
-		}
-		if raw, ok = k.lookup(h.Kid, h.Alg); !ok {
-			return nil, nil, errUnknownKey
-		}
+	raw, err := k.key(ctx, h.Kid, h.Alg)
+	if err != nil {
+		return nil, nil, err
 	}
 	sig, err := base64.RawURLEncoding.DecodeString(token[dot2+1:])
 	if err != nil {
@@ -131,11 +217,80 @@ func (k *remoteKeySet) verifyCompact(ctx context.Context, token string, allowed 
 	return &h, payload, nil
 }
 
+// key returns the key for kid and alg. A JWKS past its max-age is fetched
+// again first (when that fails the previous keys serve, up to their hard
+// expiry). An unknown kid causes a fetch: with a token from the token
+// endpoint always (twice at most: a fetch already in flight may have started
+// before the provider rotated), else rate-limited.
+func (k *remoteKeySet) key(ctx context.Context, kid, alg string) (any, error) {
+	begin := time.Now()
+	fetched := false // a fetch started since begin succeeded
+	if k.stale() {
+		// A failure is logged by run; the previous keys serve meanwhile.
+		started, err := k.refresh(ctx, fetchStale)
+		fetched = err == nil && !started.Before(begin)
+	}
+	if raw, ok := k.lookup(kid, alg); ok {
+		return raw, nil
+	}
+	if fetched {
+		return nil, errUnknownKey // just fetched: no refetch would know it
+	}
+	if !isFromTokenEndpoint(ctx) {
+		if _, err := k.refresh(ctx, fetchUntrusted); err != nil {
+			return nil, err
+		}
+		if raw, ok := k.lookup(kid, alg); ok {
+			return raw, nil
+		}
+		return nil, errUnknownKey
+	}
+	for range 2 {
+		started, err := k.refresh(ctx, fetchTrusted)
+		if err != nil {
+			return nil, err
+		}
+		if raw, ok := k.lookup(kid, alg); ok {
+			return raw, nil
+		}
+		if !started.Before(begin) {
+			break // this fetch saw the JWKS after the token was received
+		}
+	}
+	return nil, errUnknownKey
+}
+
+// cacheUntil bounds how long a result verified with these keys, valid until
+// exp, may be cached: not past the keys' max-age, so that a token signed by
+// a key the provider removed is verified again, and refused, once the JWKS
+// is refetched.
+func (k *remoteKeySet) cacheUntil(exp time.Time) time.Time {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	if k.fresh.Before(exp) {
+		return k.fresh
+	}
+	return exp
+}
+
+// stale tells whether the cached JWKS is past its max-age (or none was
+// fetched yet).
+func (k *remoteKeySet) stale() bool {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	return !time.Now().Before(k.fresh)
+}
+
 // lookup finds the key for kid (or, without kid, the only key usable with
-// alg) whose type fits alg and whose own "alg", when set, equals alg.
+// alg) whose type fits alg and whose own "alg", when set, equals alg. Keys
+// past their hard expiry (not confirmed by the provider for jwksMaxStale
+// after their max-age) are not used.
 func (k *remoteKeySet) lookup(kid, alg string) (any, bool) {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
+	if !k.loaded || !time.Now().Before(k.expires) {
+		return nil, false
+	}
 	var found any
 	n := 0
 	for i := range k.keys {
@@ -171,72 +326,117 @@ func keyFitsAlg(kty jwa.KeyType, keyAlg, alg string) bool {
 	return false
 }
 
-// refresh fetches the JWKS. With onDemand (a token named an unknown kid), a
-// fetch starts only if none did within minKeyRefetch; a fetch already in
-// flight is always joined.
-func (k *remoteKeySet) refresh(ctx context.Context, onDemand bool) error {
+// fetchReason is why the JWKS is fetched.
+type fetchReason int
+
+const (
+	fetchInitial   fetchReason = iota // start-up (discovery)
+	fetchStale                        // the cached JWKS passed its max-age
+	fetchUntrusted                    // unknown kid in an attacker-supplied token
+	fetchTrusted                      // unknown kid in an ID token from the token endpoint
+)
+
+// refresh fetches the JWKS, or joins the fetch in flight (so concurrent
+// callers make one fetch), and waits for it. It returns when the fetch it
+// waited for started. fetchStale starts a fetch only while the keys are
+// still stale; fetchUntrusted only if no untrusted fetch started within
+// minKeyRefetch (else errUnknownKey).
+func (k *remoteKeySet) refresh(ctx context.Context, reason fetchReason) (time.Time, error) {
 	k.mu.Lock()
 	f := k.inflight
 	if f == nil {
-		if onDemand && k.loaded && !k.lastOnDemand.IsZero() && time.Since(k.lastOnDemand) < minKeyRefetch {
-			k.mu.Unlock()
-			return errUnknownKey
-		}
-		if onDemand {
-			k.lastOnDemand = time.Now()
-		}
-		f = &keyFetch{done: make(chan struct{})}
-		k.inflight = f
-		go func() {
-			keys, err := fetchJWKS(context.WithoutCancel(ctx), k.client, k.url)
-			k.mu.Lock()
-			if err == nil {
-				k.keys, k.loaded = keys, true
+		now := time.Now()
+		switch reason {
+		case fetchStale:
+			if now.Before(k.fresh) {
+				k.mu.Unlock()
+				return time.Time{}, nil
 			}
-			f.err = err
-			k.inflight = nil
-			k.mu.Unlock()
-			close(f.done)
-		}()
+		case fetchUntrusted:
+			if !k.lastOnDemand.IsZero() && now.Sub(k.lastOnDemand) < minKeyRefetch {
+				k.mu.Unlock()
+				return time.Time{}, errUnknownKey
+			}
+			k.lastOnDemand = now
+		}
+		f = &keyFetch{done: make(chan struct{}), started: now}
+		k.inflight = f
+		go k.run(context.WithoutCancel(ctx), f)
 	}
 	k.mu.Unlock()
 	select {
 	case <-f.done:
-		return f.err
+		return f.started, f.err
 	case <-ctx.Done():
-		return ctx.Err()
+		return f.started, ctx.Err()
+	}
+}
+
+// run performs the fetch f and installs its keys. On failure the previous
+// keys stay, and a scheduled refetch is retried after jwksRetry.
+func (k *remoteKeySet) run(ctx context.Context, f *keyFetch) {
+	keys, ttl, err := fetchJWKS(ctx, k.client, k.url)
+	now := time.Now()
+	k.mu.Lock()
+	if err == nil {
+		k.keys, k.loaded = keys, true
+		k.fresh = now.Add(ttl)
+		k.expires = k.fresh.Add(jwksMaxStale)
+	} else if retry := now.Add(jwksRetry); k.fresh.Before(retry) {
+		k.fresh = retry
+	}
+	n, loaded, expires, logger := len(k.keys), k.loaded, k.expires, k.logger
+	f.err = err
+	k.inflight = nil
+	k.mu.Unlock()
+	close(f.done)
+	if err == nil {
+		logger.Debug("provider JWKS fetched", zap.String("jwks_uri", k.url), zap.Int("keys", len(keys)),
+			zap.Duration("max_age", ttl))
+	} else if loaded {
+		logger.Warn("fetching the provider JWKS failed; the previous keys stay in use until they expire",
+			zap.String("jwks_uri", k.url), zap.Int("keys", n), zap.Time("expires", expires),
+			zap.Duration("retry_in", jwksRetry), zap.Error(err))
+	} else {
+		logger.Warn("fetching the provider JWKS failed; no token verifies until it succeeds",
+			zap.String("jwks_uri", k.url), zap.Duration("retry_in", jwksRetry), zap.Error(err))
 	}
 }
 
 type keyFetch struct {
-	done chan struct{}
-	err  error
+	done    chan struct{}
+	started time.Time
+	err     error
 }
 
-// fetchJWKS fetches a JWKS and keeps its signature keys.
-func fetchJWKS(ctx context.Context, client *http.Client, url string) ([]verifyKey, error) {
+// fetchJWKS fetches a JWKS and keeps its signature keys; ttl is how long it
+// may be used (jwksTTL).
+func fetchJWKS(ctx context.Context, client *http.Client, url string) (keys []verifyKey, ttl time.Duration, err error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	req.Header.Set("Accept", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("fetching jwks: %w", err)
+		return nil, 0, fmt.Errorf("fetching jwks: %w", err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxJWKSBody+1))
 	if err != nil {
-		return nil, fmt.Errorf("reading jwks: %w", err)
+		return nil, 0, fmt.Errorf("reading jwks: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("fetching jwks: status %d", resp.StatusCode)
+		return nil, 0, fmt.Errorf("fetching jwks: status %d", resp.StatusCode)
+	}
+	if len(body) > maxJWKSBody {
+		return nil, 0, errors.New("fetching jwks: larger than 1 MiB")
 	}
 	set, err := jwk.Parse(body)
 	if err != nil {
-		return nil, fmt.Errorf("parsing jwks: %w", err)
+		return nil, 0, fmt.Errorf("parsing jwks: %w", err)
 	}
-	keys := make([]verifyKey, 0, set.Len())
+	keys = make([]verifyKey, 0, set.Len())
 	for i := 0; i < set.Len(); i++ {
 		key, _ := set.Key(i)
 		if use := key.KeyUsage(); use != "" && use != "sig" {
@@ -252,5 +452,8 @@ func fetchJWKS(ctx context.Context, client *http.Client, url string) ([]verifyKe
 		}
 		keys = append(keys, verifyKey{kid: key.KeyID(), alg: alg, kty: key.KeyType(), raw: raw})
 	}
-	return keys, nil
+	return keys, jwksTTL(resp.Header), nil
 }
+
+// maxJWKSBody bounds a fetched JWKS document.
+const maxJWKSBody = 1 << 20

@@ -101,7 +101,8 @@
 //
 // Keys: the storage's single fixed RSA key is replaced by a per-OP key ring
 // (RS256 or ES256). RotateSigningKey keeps old keys in the JWKS;
-// ReplaceSigningKey drops them. The JWKS response carries no caching headers.
+// ReplaceSigningKey drops them, RemoveKey drops one. The JWKS response carries
+// no caching headers unless SetJWKSCacheControl sets one.
 //
 // Authorization endpoint: the path is /authorize, not exampleop's /auth. In
 // v3.48.0, op.WithCustom*Endpoint writes to the package-global

@@ -77,6 +77,7 @@ func (o *OP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
+	o.jwksHeaders(w, r)
 	if o.hideEndSes && r.URL.Path == "/.well-known/openid-configuration" {
 		o.serveDiscoveryWithout(w, r, "end_session_endpoint")
 		return

@@ -199,6 +199,8 @@ type OP struct {
 	handler  http.Handler
 	logger   *slog.Logger
 
+	jwksCacheControl atomic.Pointer[string] // see SetJWKSCacheControl
+
 	countMu    sync.Mutex
 	tokenCalls map[string]int64
 	tokenTime  map[string]time.Duration
