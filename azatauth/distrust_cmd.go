@@ -7,12 +7,15 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/caddyserver/certmagic"
 	"github.com/spf13/cobra"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/nsstore"
 )
 
 func init() {
@@ -27,11 +30,12 @@ instance sharing that storage refuses AZATs signed by that key within 10s,
 tokens verified before included, and stops publishing the key in its JWKS; a
 site verifying through 'trust <jwks url>' drops it within about 70s. A
 distrust cannot be undone by an instance; to undo it, delete
-caddy-oidc/azat/distrusted/<kid> from the storage.
+caddy-oidc/ns/<namespace>/azat/distrusted/<kid> from the storage. The kid is
+distrusted in every namespace (site, provider and client) that holds it.
 
 Distrusting the current signing key also stops minting: replace the key
-(for the generated key, delete caddy-oidc/azat/signing_key.pem from the
-storage) and reload Caddy.
+(for the generated key, delete caddy-oidc/ns/<namespace>/azat/signing_key.pem
+from the storage) and reload Caddy.
 
 List the keys and their state with 'caddy azat-keys --config <path>'.`,
 		CobraFunc: func(cmd *cobra.Command) {
@@ -63,7 +67,7 @@ func cmdAZATDistrust(fl caddycmd.Flags) (int, error) {
 		return caddy.ExitCodeFailedStartup, err
 	}
 	defer done()
-	if err := distrust(context.Background(), os.Stdout, st, fl.Arg(0)); err != nil {
+	if err := distrustInNamespaces(context.Background(), os.Stdout, st, fl.Arg(0)); err != nil {
 		return caddy.ExitCodeFailedQuit, err
 	}
 	return caddy.ExitCodeSuccess, nil
@@ -75,26 +79,70 @@ func cmdAZATKeys(fl caddycmd.Flags) (int, error) {
 		return caddy.ExitCodeFailedStartup, err
 	}
 	defer done()
-	kr := NewStorageKeyring(st)
-	if err := kr.Reload(context.Background()); err != nil {
+	ctx := context.Background()
+	ids, err := nsstore.IDs(ctx, st)
+	if err != nil {
 		return caddy.ExitCodeFailedQuit, err
 	}
-	listKeys(os.Stdout, kr)
+	for _, id := range ids {
+		kr := NewStorageKeyring(nsstore.New(st, id))
+		if err := kr.Reload(ctx); err != nil {
+			return caddy.ExitCodeFailedQuit, err
+		}
+		if len(kr.Keys()) == 0 {
+			continue
+		}
+		fmt.Fprintf(os.Stdout, "namespace %s\n", id)
+		listKeys(os.Stdout, kr)
+	}
 	return caddy.ExitCodeSuccess, nil
 }
 
-// distrust distrusts kid in st and tells the operator what follows.
+// distrustInNamespaces distrusts kid in every namespace of st whose
+// keyring holds it (a KMS key may serve several); it fails when none does.
+func distrustInNamespaces(ctx context.Context, w io.Writer, st certmagic.Storage, kid string) error {
+	if !validKid.MatchString(kid) {
+		return fmt.Errorf("invalid kid %q", kid)
+	}
+	ids, err := nsstore.IDs(ctx, st)
+	if err != nil {
+		return err
+	}
+	found := 0
+	for _, id := range ids {
+		ns := nsstore.New(st, id)
+		kr := NewStorageKeyring(ns)
+		if err := kr.Reload(ctx); err != nil {
+			return err
+		}
+		if !slices.ContainsFunc(kr.Keys(), func(k KeyInfo) bool { return k.Kid == kid }) {
+			continue
+		}
+		fmt.Fprintf(w, "namespace %s: ", id)
+		if err := distrust(ctx, w, ns, kid); err != nil {
+			return err
+		}
+		found++
+	}
+	if found == 0 {
+		return fmt.Errorf("no AZAT key %q in any namespace of this storage", kid)
+	}
+	return nil
+}
+
+// distrust distrusts kid in st (one namespace) and tells the operator what
+// follows.
 func distrust(ctx context.Context, w io.Writer, st certmagic.Storage, kid string) error {
 	kr := NewStorageKeyring(st)
 	if err := kr.Distrust(ctx, kid); err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "distrusted AZAT key %s in %v\n", kid, st)
+	fmt.Fprintf(w, "distrusted AZAT key %s\n", kid)
 	fmt.Fprintf(w, "instances sharing this storage refuse its tokens within %v\n", keyringRefresh)
 	for _, k := range kr.Keys() {
 		if k.Kid == kid && k.Superseded.IsZero() {
 			fmt.Fprintln(w, "this is the current signing key: minting fails until it is replaced "+
-				"(generated key: delete "+LocalKeyStorageKey+" from the storage, then reload Caddy)")
+				"(generated key: delete caddy-oidc/ns/<namespace>/azat/signing_key.pem from the storage, then reload Caddy)")
 		}
 	}
 	return nil

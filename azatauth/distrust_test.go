@@ -25,6 +25,8 @@ import (
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
+	"github.com/caddy-oidc/caddy-oidc/internal/nsstore"
+
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/filestorage"
 )
@@ -51,7 +53,9 @@ func runCommand(t *testing.T, fn func(caddycmd.Flags) (int, error), args ...stri
 func TestDistrustKid(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	st := &certmagic.FileStorage{Path: dir}
+	// The instances' storage is one namespace of the file storage, as the
+	// oidc handler gives it (the command finds the namespaces).
+	st := nsstore.New(&certmagic.FileStorage{Path: dir}, "ns1")
 	const origin = "https://a.example"
 	secret := strings.Repeat("g", 32)
 

@@ -1,7 +1,6 @@
 package caddyoidc
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"net/url"
@@ -10,6 +9,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/certmagic"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/nsstore"
 )
 
 // A namespace is one trust domain: the site, the provider (issuer) and the
@@ -21,8 +22,8 @@ import (
 // configured to (the `namespace` option), and then only with the same
 // provider and client.
 
-// storageRoot is the prefix under which the keys of every namespace live.
-const storageRoot = "caddy-oidc/"
+// storageRoot is the prefix of the keys a handler gives its storage.
+const storageRoot = nsstore.Prefix
 
 // namespaceID derives the namespace of a handler. An explicit name (the
 // `namespace` option) replaces the site, never the provider or the client:
@@ -50,71 +51,6 @@ func validNamespaceName(s string) bool {
 		}
 	}
 	return true
-}
-
-// nsStorage confines a certmagic.Storage to one namespace: the key
-// "caddy-oidc/<rel>" (or any other key) is stored at
-// "caddy-oidc/ns/<id>/<rel>", and listings answer keys in the caller's
-// spelling. It is the one place where a handler's storage keys are made,
-// so no key can escape the namespace.
-type nsStorage struct {
-	certmagic.Storage
-	root string // "caddy-oidc/ns/<id>/"
-}
-
-func newNSStorage(st certmagic.Storage, id string) *nsStorage {
-	return &nsStorage{Storage: st, root: storageRoot + "ns/" + id + "/"}
-}
-
-// inner maps a caller's key to the stored key.
-func (s *nsStorage) inner(key string) string {
-	return s.root + strings.TrimPrefix(key, storageRoot)
-}
-
-// outer maps a stored key back to the caller's spelling.
-func (s *nsStorage) outer(key string) string {
-	if rel, ok := strings.CutPrefix(key, s.root); ok {
-		return storageRoot + rel
-	}
-	return key
-}
-
-func (s *nsStorage) Lock(ctx context.Context, name string) error {
-	return s.Storage.Lock(ctx, s.inner(name))
-}
-
-func (s *nsStorage) Unlock(ctx context.Context, name string) error {
-	return s.Storage.Unlock(ctx, s.inner(name))
-}
-
-func (s *nsStorage) Store(ctx context.Context, key string, value []byte) error {
-	return s.Storage.Store(ctx, s.inner(key), value)
-}
-
-func (s *nsStorage) Load(ctx context.Context, key string) ([]byte, error) {
-	return s.Storage.Load(ctx, s.inner(key))
-}
-
-func (s *nsStorage) Delete(ctx context.Context, key string) error {
-	return s.Storage.Delete(ctx, s.inner(key))
-}
-
-func (s *nsStorage) Exists(ctx context.Context, key string) bool {
-	return s.Storage.Exists(ctx, s.inner(key))
-}
-
-func (s *nsStorage) List(ctx context.Context, path string, recursive bool) ([]string, error) {
-	keys, err := s.Storage.List(ctx, s.inner(path), recursive)
-	for i, k := range keys {
-		keys[i] = s.outer(k)
-	}
-	return keys, err
-}
-
-func (s *nsStorage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, error) {
-	ki, err := s.Storage.Stat(ctx, s.inner(key))
-	ki.Key = s.outer(ki.Key)
-	return ki, err
 }
 
 // siteAddress is the first address of the Caddyfile site block that holds
@@ -173,5 +109,5 @@ func siteOrigin(addr string) string {
 	return u.String()
 }
 
-// Interface guards
-var _ certmagic.Storage = (*nsStorage)(nil)
+// newNSStorage confines st to namespace id.
+func newNSStorage(st certmagic.Storage, id string) certmagic.Storage { return nsstore.New(st, id) }
