@@ -382,32 +382,33 @@ func cookiePaths(path string) []string {
 // a Cookie line without any of our cookies is not touched.
 func stripCookies(r *http.Request, opts cookieOpts) {
 	lines := r.Header["Cookie"]
+	var out []string // the new lines, once one changed
 	changed := false
 	for i, line := range lines {
 		if !hasOwnCookie(line, opts) {
+			if changed {
+				out = append(out, line)
+			}
 			continue
 		}
 		if !changed {
-			// Header values may be shared with a clone of the request.
-			lines = append([]string(nil), lines...)
+			// A new slice: header values may be shared with a clone of
+			// the request. Allocated only when a line is left to keep.
 			changed = true
+			out = lines[:i:i]
 		}
-		lines[i] = stripLine(line, opts)
+		if s := stripLine(line, opts); s != "" {
+			out = append(out, s)
+		}
 	}
 	if !changed {
 		return
 	}
-	kept := lines[:0]
-	for _, l := range lines {
-		if l != "" {
-			kept = append(kept, l)
-		}
-	}
-	if len(kept) == 0 {
+	if len(out) == 0 {
 		r.Header.Del("Cookie")
 		return
 	}
-	r.Header["Cookie"] = kept
+	r.Header["Cookie"] = out
 }
 
 // hasOwnCookie tells whether the Cookie line holds one of our cookies.
@@ -431,6 +432,7 @@ func hasOwnCookie(line string, opts cookieOpts) bool {
 // separator, keeping the rest of the bytes as they are.
 func stripLine(line string, opts cookieOpts) string {
 	var b strings.Builder
+	b.Grow(len(line))
 	first, removed := true, false // nothing kept yet, something removed
 	for rest := line; ; {
 		part, after, more := strings.Cut(rest, ";")

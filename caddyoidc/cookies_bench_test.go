@@ -2,6 +2,7 @@ package caddyoidc
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 )
 
@@ -36,4 +37,38 @@ func BenchmarkServeHTTPCookieBrowser(b *testing.B) {
 		}
 		r.Header.Set("Cookie", cookie)
 	})
+}
+
+// browserRequest is a request with browserHeaders (and no cookie).
+func browserRequest() *http.Request {
+	r := benchRequest()
+	for _, h := range browserHeaders {
+		r.Header[h[0]] = []string{h[1]}
+	}
+	return r
+}
+
+// BenchmarkRemoveIdentityHeaders: the per-request scan for forged identity
+// headers on a browser request with nothing to remove.
+func BenchmarkRemoveIdentityHeaders(b *testing.B) {
+	o := &OIDC{ClaimHeaders: map[string]string{"X-User-Name": "name"}, rt: &runtime{}}
+	o.rt.identityHeaders = newHeaderSet(o.ClaimHeaders)
+	r := browserRequest()
+	b.ReportAllocs()
+	for b.Loop() {
+		o.removeIdentityHeaders(r)
+	}
+}
+
+// BenchmarkStripCookies: the session chunk removed between two application
+// cookies.
+func BenchmarkStripCookies(b *testing.B) {
+	r := browserRequest()
+	line := []string{"theme=dark; caddy_oidc_0=" + strings.Repeat("x", 3500) + "; app_prefs=compact"}
+	opts := cookieOpts{base: "caddy_oidc"}
+	b.ReportAllocs()
+	for b.Loop() {
+		r.Header["Cookie"] = line
+		stripCookies(r, opts)
+	}
 }
