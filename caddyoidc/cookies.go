@@ -432,7 +432,6 @@ func hasOwnCookie(line string, opts cookieOpts) bool {
 // separator, keeping the rest of the bytes as they are.
 func stripLine(line string, opts cookieOpts) string {
 	var b strings.Builder
-	b.Grow(len(line))
 	first, removed := true, false // nothing kept yet, something removed
 	for rest := line; ; {
 		part, after, more := strings.Cut(rest, ";")
