@@ -42,6 +42,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		cookie_secret    <secret>
 //		cookie_name      <name>
 //		cookie_domain    <domain>
+//		cookie_host_prefix on|off
 //		cookie_secure    on|off
 //		cookie_samesite  lax|strict|none
 //		session          cookie|store
@@ -165,6 +166,8 @@ func (o *OIDC) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = one(&o.CookieDomain)
 		case "cookie_secure":
 			o.CookieSecure, err = onOff()
+		case "cookie_host_prefix":
+			o.CookieHostPrefix, err = onOff()
 		case "cookie_samesite":
 			err = one(&o.CookieSameSite)
 		case "session":

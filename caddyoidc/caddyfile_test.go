@@ -27,6 +27,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		cookie_secret {file./run/secret}
 		cookie_name   sess
 		cookie_domain example.com
+		cookie_host_prefix off
 		cookie_secure off
 		cookie_samesite strict
 		session       store
@@ -68,7 +69,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		`"scopes":["openid","profile","email","offline_access"],"audience":["my-api","other-api"],"routes":"/oauth",` +
 		`"redirect_url":"https://app.example.com/oauth/callback","post_logout_redirect_url":"https://app.example.com/bye",` +
 		`"auth_params":{"access_type":"offline","prompt":"consent"},"cookie_secret":"{file./run/secret}","cookie_name":"sess",` +
-		`"cookie_domain":"example.com","cookie_secure":false,"cookie_samesite":"strict","session":"store",` +
+		`"cookie_domain":"example.com","cookie_host_prefix":false,"cookie_secure":false,"cookie_samesite":"strict","session":"store",` +
 		`"session_lifetime":43200000000000,"session_cache":2000000000,"refresh_before":60000000000,"expose_tokens":true,"allow_anonymous":true,` +
 		`"pass_token":"id","roles_claim":["https://hasura.io/jwt/claims","x-hasura-allowed-roles"],` +
 		`"claim_headers":{"X-Hasura-User-Id":"sub"},"require_roles":[["admin","editor"],["staff"]],` +
@@ -133,12 +134,14 @@ func TestValidate(t *testing.T) {
 		{"bad samesite", func(o *OIDC) { o.CookieSameSite = "sometimes" }, "samesite"},
 		{"reserved param", func(o *OIDC) { o.AuthParams = map[string]string{"state": "x"} }, "state"},
 		{"refresh_before too long", func(o *OIDC) { o.RefreshBefore = 1000 }, "refresh_before"},
-		{"cookie name ok", func(o *OIDC) { o.CookieName = "__Host-app_session" }, ""},
+		{"cookie name ok", func(o *OIDC) { o.CookieName = "app-session.v2_x" }, ""},
 		{"cookie name with =", func(o *OIDC) { o.CookieName = "a=b" }, "cookie_name"},
 		{"cookie name with ;", func(o *OIDC) { o.CookieName = "a;b" }, "cookie_name"},
 		{"cookie name with space", func(o *OIDC) { o.CookieName = "my session" }, "cookie_name"},
 		{"cookie name non-ASCII", func(o *OIDC) { o.CookieName = "sessión" }, "cookie_name"},
 		{"cookie name too long", func(o *OIDC) { o.CookieName = strings.Repeat("c", 65) }, "cookie_name"},
+		{"cookie name with the __Host- prefix", func(o *OIDC) { o.CookieName = "__Host-sess" }, "cookie_name"},
+		{"cookie name with the __secure- prefix", func(o *OIDC) { o.CookieName = "__secure-sess" }, "cookie_name"},
 		{"negative session_cache is fine", func(o *OIDC) { o.SessionCache = -1 }, ""},
 		{"namespace ok", func(o *OIDC) { o.Namespace = "files.prod-1" }, ""},
 		{"namespace with /", func(o *OIDC) { o.Namespace = "../x" }, "namespace"},

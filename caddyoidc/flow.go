@@ -33,8 +33,10 @@ type flowState struct {
 	Created  int64  `json:"t"`
 }
 
-func (o *OIDC) flowCookieName(state string) string {
-	return o.CookieName + "_flow_" + state[:16]
+// flowCookieName is the name of the flow cookie of state (with the
+// __Host- prefix when opts has it).
+func flowCookieName(opts cookieOpts, state string) string {
+	return opts.name(flowSuffix + state[:flowIDLen])
 }
 
 // oauth2Config is the client configuration for one redirect URL.
@@ -80,16 +82,15 @@ func (o *OIDC) serveLogin(w http.ResponseWriter, r *http.Request, p *provider) {
 	opts.sameSite = http.SameSiteLaxMode // the provider's redirect back is a cross-site top-level GET
 	// Drop surplus earlier attempts.
 	n := 0
-	prefix := o.CookieName + "_flow_"
 	for _, c := range r.Cookies() {
-		if strings.HasPrefix(c.Name, prefix) {
+		if k, _, active := opts.classify(c.Name); k == flowCookie && active {
 			if n++; n >= maxFlowCookies {
-				http.SetCookie(w, opts.cookie(c.Name, "", o.Routes, -1, true))
+				http.SetCookie(w, opts.cookie(c.Name, "", opts.path(o.Routes), -1, true))
 			}
 		}
 	}
-	http.SetCookie(w, opts.cookie(o.flowCookieName(f.State), o.rt.sealer.Seal(b, "flow:"+f.State),
-		o.Routes, int(flowLifetime.Seconds()), true))
+	http.SetCookie(w, opts.cookie(flowCookieName(opts, f.State), o.rt.sealer.Seal(b, "flow:"+f.State),
+		opts.path(o.Routes), int(flowLifetime.Seconds()), true))
 
 	authOpts := []oauth2.AuthCodeOption{oidc.Nonce(f.Nonce), oauth2.S256ChallengeOption(f.Verifier)}
 	for k, v := range o.AuthParams {
@@ -129,16 +130,23 @@ func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider
 		o.callbackError(w, r, http.StatusBadRequest, "missing or malformed state", nil)
 		return
 	}
-	name := o.flowCookieName(state)
-	c, err := r.Cookie(name)
-	if err != nil {
+	opts := o.cookieOpts(r)
+	name := flowCookieName(opts, state)
+	value, n := uniqueCookie(r, name)
+	if n != 1 {
+		if n > 1 {
+			// Two flow cookies of one name: one was tossed in from
+			// another Domain or Path; neither is trusted.
+			expireCookie(w, r, opts, name, false)
+			o.callbackError(w, r, http.StatusBadRequest, "two login cookies for this state; start again", nil)
+			return
+		}
 		o.callbackError(w, r, http.StatusBadRequest, "no login in progress for this state (expired, other browser, or already used)", nil)
 		return
 	}
-	opts := o.cookieOpts(r)
-	http.SetCookie(w, opts.cookie(name, "", o.Routes, -1, true))
+	http.SetCookie(w, opts.cookie(name, "", opts.path(o.Routes), -1, true))
 	var f flowState
-	pt, err := o.rt.sealer.Open(c.Value, "flow:"+state)
+	pt, err := o.rt.sealer.Open(value, "flow:"+state)
 	if err != nil || json.Unmarshal(pt, &f) != nil || f.State != state {
 		o.callbackError(w, r, http.StatusBadRequest, "state does not match the login in progress", nil)
 		return

@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -116,6 +117,10 @@ var fuzzCookieSecret = []byte("caddy-oidc fuzz cookie secret, 0123456789abcdef")
 
 const fuzzCookieName = "caddy_oidc"
 
+// fuzzChunkBase is the effective name of the session cookie for the fuzz
+// requests (https, host-only: with the __Host- prefix).
+const fuzzChunkBase = hostPrefix + fuzzCookieName
+
 func fuzzSealer(tb testing.TB, secret []byte, label string) *seal.Sealer {
 	s, err := seal.New(secret, label)
 	if err != nil {
@@ -166,9 +171,12 @@ func chunkHeader(value string, cuts uint64) string {
 	if len(parts) == 0 {
 		parts = []string{""}
 	}
-	pairs := []string{"app=1", fuzzCookieName + "_flow_abc=x"}
+	// Besides unrelated cookies, chunks without the prefix (tossed in by
+	// a sibling subdomain) are never read.
+	pairs := []string{"app=1", fuzzChunkBase + "_flow_abc=x", chunkName(fuzzCookieName, 0) + "=tossed",
+		chunkName(fuzzCookieName, 1) + "=tossed"}
 	for i, p := range parts {
-		pairs = append(pairs, chunkName(fuzzCookieName, i)+"="+p)
+		pairs = append(pairs, chunkName(fuzzChunkBase, i)+"="+p)
 	}
 	rng := rand.New(rand.NewPCG(cuts, uint64(len(value))))
 	rng.Shuffle(len(pairs), func(i, j int) { pairs[i], pairs[j] = pairs[j], pairs[i] })
@@ -215,8 +223,9 @@ func sameSession(a, b *session) bool {
 func FuzzSessionCookie(f *testing.F) {
 	sealer := fuzzSealer(f, fuzzCookieSecret, "cookies")
 	valid := sealer.Seal(encodeSession(fuzzSession([]byte("seed"), "alice")), "session")
-	f.Add(fuzzCookieName+"_0="+valid, []byte("payload"), uint32(0), uint64(0))
-	f.Add(fuzzCookieName+"_0=garbage", []byte(`{"sid":"x","id":{"sub":"alice"}}`), uint32(0x101), uint64(3))
+	f.Add(fuzzChunkBase+"_0="+valid, []byte("payload"), uint32(0), uint64(0))
+	f.Add(fuzzChunkBase+"_0="+valid+"; "+fuzzChunkBase+"_0="+valid, []byte("payload"), uint32(0), uint64(0))
+	f.Add(fuzzChunkBase+"_0=garbage", []byte(`{"sid":"x","id":{"sub":"alice"}}`), uint32(0x101), uint64(3))
 	others := map[string]*seal.Sealer{
 		"other label":  fuzzSealer(f, fuzzCookieSecret, "grants"),
 		"other secret": fuzzSealer(f, []byte("another secret, also at least 32 bytes long"), "cookies"),
@@ -231,7 +240,21 @@ func FuzzSessionCookie(f *testing.F) {
 		if err != nil {
 			t.Fatalf("cookie sessions never fail with an error: %v", err)
 		}
-		raw := readChunked(r, fuzzCookieName)
+		raw := readChunked(r, o.cookieOpts(r))
+		// A chunk name carried twice is never a session, whichever copy
+		// would open.
+		seen := map[string]bool{}
+		dup := false
+		cookiePairs(r, func(name, _ string) bool {
+			if k, _, active := o.cookieOpts(r).classify(name); k == chunkCookie && active {
+				dup = dup || seen[name]
+				seen[name] = true
+			}
+			return true
+		})
+		if dup && (s != nil || raw != "") {
+			t.Fatalf("duplicate chunk in %q gave a session (%q)", header, raw)
+		}
 		if s != nil {
 			pt, err := sealer.Open(raw, "session")
 			if err != nil {
@@ -379,16 +402,21 @@ func cookieToken(s string) string {
 
 // FuzzChunkedCookies checks writeChunked against readChunked through a
 // simulated browser cookie jar: whatever the jar held before (a previous
-// session of up to maxChunks chunks), after applying the Set-Cookie headers
-// of writeChunked the jar reads back exactly the new value. Values too large
-// for maxChunks chunks are refused without writing anything. No Set-Cookie
-// header reaches the 4096-byte browser limit. stripCookies leaves no chunk.
+// session of up to maxChunks chunks, a stray or tossed chunk, chunks of the
+// other spelling), after applying the Set-Cookie headers of writeChunked the
+// jar reads back exactly the new value. Values too large for maxChunks
+// chunks are refused without writing anything. No Set-Cookie header reaches
+// the 4096-byte browser limit; __Host- cookies are Secure, host-only and
+// Path=/. A chunk name carried twice is no session. stripCookies removes
+// exactly this module's cookies and keeps every other byte of the header.
 func FuzzChunkedCookies(f *testing.F) {
 	f.Add([]byte("AbC-_09"), uint16(maxChunkSize*3+1), "caddy_oidc", "", uint8(5), uint64(1), int32(3600))
+	f.Add([]byte("AbC-_09"), uint16(maxChunkSize+1), "caddy_oidc", "", uint8(2), uint64(0), int32(3600))
+	f.Add([]byte("x"), uint16(10), "caddy_oidc", "sub", uint8(0x13), uint64(1<<40|1<<41|3), int32(60))
 	f.Fuzz(func(t *testing.T, b []byte, n uint16, base, domain string, prev uint8, order uint64, maxAge int32) {
 		base = cookieToken(base)
-		if base == "" {
-			base = fuzzCookieName
+		if lb := strings.ToLower(base); base == "" || strings.HasPrefix(lb, "__host-") || strings.HasPrefix(lb, "__secure-") {
+			base = fuzzCookieName // Validate refuses cookie names with a prefix
 		}
 		domain = cookieDomain(domain)
 		// Up to one byte over the limit.
@@ -396,6 +424,15 @@ func FuzzChunkedCookies(f *testing.F) {
 		age := int(maxAge)
 		if age <= 0 {
 			age = 1 - age
+		}
+		opts := cookieOpts{secure: order&1 == 0, sameSite: http.SameSite(1 + order>>1%4), domain: domain, base: base}
+		if opts.secure && domain == "" {
+			opts.prefix = hostPrefix
+		}
+		full := opts.prefix + base // the spelling in use
+		bare := base               // the other one
+		if opts.prefix == "" {
+			bare = hostPrefix + base
 		}
 		// An unrelated cookie whose name does not start with base.
 		other := "app"
@@ -406,20 +443,36 @@ func FuzzChunkedCookies(f *testing.F) {
 			}
 		}
 
-		// The jar: unrelated cookies and the chunks of a previous value
-		// (contiguous from 0, as writeChunked leaves them: low 4 bits of
-		// prev), perhaps with a stray chunk (high 4 bits).
-		jar := map[string]string{other: "1", base + "_flow_x": "y", base + "_access_token": "t"}
+		// The jar: unrelated cookies (some whose names merely start with
+		// ours), our flow and token cookies, and the chunks of a previous
+		// value (contiguous from 0, as writeChunked leaves them: low 4 bits
+		// of prev), perhaps with a stray chunk (high 4 bits) and a chunk of
+		// the other spelling (bit 40 of order).
+		flow := full + "_flow_" + "AbCdEfGh-_012345"
+		unrelated := map[string]string{other: "1", base + "_flow_x": "y", base + "_prefs": "p", base + "_0x": "q", full + "_": "e"}
+		jar := map[string]string{flow: "f", full + "_access_token": "t"}
+		maps.Copy(jar, unrelated)
 		count := int(prev&15) % (maxChunks + 1)
 		for i := range count {
-			jar[chunkName(base, i)] = "old" + strconv.Itoa(i)
+			jar[chunkName(full, i)] = "old" + strconv.Itoa(i)
 		}
-		stray := strayChunk(jar, base, count, prev>>4)
+		stray := strayChunk(jar, full, count, prev>>4)
+		if order>>40&1 == 1 {
+			jar[chunkName(bare, 0)] = "tossed"
+		}
 		r := jarRequest(jar, order)
 
+		// A second copy of a chunk (another Domain or Path) is no session.
+		if count > 0 && stray == "" {
+			dup := jarRequest(jar, order)
+			dup.Header.Set("Cookie", dup.Header.Get("Cookie")+"; "+chunkName(full, int(order>>8)%count)+"=other")
+			if got := readChunked(dup, opts); got != "" {
+				t.Fatalf("duplicate chunk read as %q", got)
+			}
+		}
+
 		rec := httptest.NewRecorder()
-		opts := cookieOpts{secure: order&1 == 0, sameSite: http.SameSite(1 + order>>1%4), domain: domain}
-		ok := writeChunked(rec, r, opts, base, value, age)
+		ok := writeChunked(rec, r, opts, value, age)
 		headers := rec.Header().Values("Set-Cookie")
 		if !ok {
 			if len(value) <= maxChunks*maxChunkSize {
@@ -442,47 +495,109 @@ func FuzzChunkedCookies(f *testing.F) {
 			if err != nil {
 				t.Fatalf("unparsable Set-Cookie %q: %v", h, err)
 			}
-			if len(c.Name)+len(c.Value) > 4096 || !c.HttpOnly || c.Path != "/" {
+			if len(c.Name)+len(c.Value) > 4096 || !c.HttpOnly {
 				t.Fatalf("bad chunk cookie %q", h)
 			}
-			if !strings.HasPrefix(c.Name, base+"_") {
+			if strings.HasPrefix(c.Name, hostPrefix) && (!c.Secure || c.Domain != "" || c.Path != "/") {
+				t.Fatalf("__Host- cookie a browser refuses: %q", h)
+			}
+			if k, _, _ := opts.classify(c.Name); k != chunkCookie && k != badChunk {
 				t.Fatalf("wrote foreign cookie %q", c.Name)
 			}
 			if c.MaxAge < 0 {
 				delete(jar, c.Name)
-			} else {
-				set++
-				jar[c.Name] = c.Value
+				continue
 			}
+			if !strings.HasPrefix(c.Name, full+"_") || c.Path != "/" {
+				t.Fatalf("set chunk %q", h)
+			}
+			set++
+			jar[c.Name] = c.Value
 		}
 		if want := (len(value) + maxChunkSize - 1) / maxChunkSize; set != want {
 			t.Fatalf("%d chunks for %d bytes, want %d", set, len(value), want)
 		}
-		if jar[other] != "1" || jar[base+"_flow_x"] != "y" || jar[base+"_access_token"] != "t" {
-			t.Fatal("writeChunked touched unrelated cookies")
+		for k, v := range unrelated {
+			if jar[k] != v {
+				t.Fatalf("writeChunked touched the unrelated cookie %s", k)
+			}
+		}
+		if jar[flow] != "f" || jar[full+"_access_token"] != "t" {
+			t.Fatal("writeChunked touched the flow or token cookie")
 		}
 
-		// Upstreams never see the chunks; other cookies stay.
+		// Upstreams never see our cookies; other cookies stay, byte for
+		// byte, in a header spelled with odd separators and quotes.
 		r = jarRequest(jar, order>>8)
-		stripCookies(r, base)
+		before := oddSpelling(r.Header.Get("Cookie"), order>>16)
+		r.Header.Set("Cookie", before)
+		stripCookies(r, opts)
+		after := r.Header.Get("Cookie")
+		var want []string
+		for _, p := range strings.Split(before, ";") {
+			if name, _, _ := strings.Cut(p, "="); opts.classifyName(name) == notOwn {
+				want = append(want, p)
+			}
+		}
+		if len(want) == len(strings.Split(before, ";")) {
+			if after != before {
+				t.Fatalf("nothing to strip, header changed: %q -> %q", before, after)
+			}
+		} else {
+			got := strings.Split(after, ";")
+			if after == "" {
+				got = nil
+			}
+			if len(want) > 0 && len(got) > 0 {
+				got[0] = strings.TrimLeft(got[0], " \t")
+				want[0] = strings.TrimLeft(want[0], " \t")
+			}
+			if !slices.Equal(got, want) {
+				t.Fatalf("stripCookies: %q -> %q, want the pairs %q", before, after, want)
+			}
+		}
 		cookiePairs(r, func(name, _ string) bool {
-			if strings.HasPrefix(name, base) {
-				t.Fatalf("cookie %q survives stripCookies: %q", name, r.Header.Get("Cookie"))
+			if k, _, _ := opts.classify(name); k != notOwn {
+				t.Fatalf("cookie %q survives stripCookies: %q", name, after)
 			}
 			return true
 		})
-		if c, err := r.Cookie(other); err != nil || c.Value != "1" {
-			t.Fatalf("stripCookies removed an unrelated cookie: %q", r.Header.Get("Cookie"))
+		for k, v := range unrelated {
+			if c, err := r.Cookie(k); err != nil || c.Value != v {
+				t.Fatalf("stripCookies removed the unrelated cookie %s: %q", k, after)
+			}
 		}
 
 		// The browser now reads back the new value.
-		if got := readChunked(jarRequest(jar, order>>8), base); got != value {
+		if got := readChunked(jarRequest(jar, order>>8), opts); got != value {
 			if stray != "" && knownBugStaleChunks {
 				t.Skipf("known bug (TESTING.md): stray chunk %s outlives writeChunked", stray)
 			}
 			t.Fatalf("read back %d bytes, wrote %d (stray chunk: %q)", len(got), len(value), stray)
 		}
 	})
+}
+
+// oddSpelling rewrites a Cookie header "a=1; b=2" with the separators,
+// spaces and quotes that clients send (no space, tabs, an empty pair, a
+// quoted value), as chosen by seed.
+func oddSpelling(h string, seed uint64) string {
+	pairs := strings.Split(h, "; ")
+	var b strings.Builder
+	for i, p := range pairs {
+		if i > 0 {
+			b.WriteString([]string{"; ", ";", ";\t", " ; ", ";;"}[seed%5])
+			seed /= 5
+		}
+		if seed&1 == 1 {
+			if name, v, ok := strings.Cut(p, "="); ok {
+				p = name + `="` + v + `"`
+			}
+		}
+		seed >>= 1
+		b.WriteString(p)
+	}
+	return b.String()
 }
 
 // knownBugStaleChunks: writeChunked stops expiring old chunks at the first
@@ -522,6 +637,12 @@ func strayChunk(jar map[string]string, base string, count int, mode uint8) strin
 	}
 	jar[name] = "stray"
 	return name
+}
+
+// classifyName classifies a raw name as stripCookies sees it.
+func (c cookieOpts) classifyName(raw string) cookieKind {
+	k, _, _ := c.classify(strings.TrimSpace(raw))
+	return k
 }
 
 // cookieDomain turns s into a plausible cookie domain ("" for none): its

@@ -21,7 +21,7 @@ func (o *OIDC) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		o.azat.ServeJWKS(w, r)
 		return nil
 	}
-	removeIdentityHeaders(r, o.ClaimHeaders)
+	o.removeIdentityHeaders(r)
 
 	p := o.rt.disc.get(r.Context())
 	if p == nil {
@@ -99,6 +99,7 @@ func (o *OIDC) authenticate(w http.ResponseWriter, r *http.Request, p *provider)
 		return nil, upstreamTokens{}, false
 	}
 	if s == nil {
+		o.expireDeadChunks(w, r)
 		return nil, upstreamTokens{}, true
 	}
 	// Seed 002's server hook: an expired access token is never used (usable
@@ -161,6 +162,6 @@ func (o *OIDC) authenticateAZAT(w http.ResponseWriter, r *http.Request, p *provi
 // unless strip_cookies is off.
 func (o *OIDC) stripOwnCookies(r *http.Request) {
 	if o.StripCookies == nil || *o.StripCookies {
-		stripCookies(r, o.CookieName)
+		stripCookies(r, o.cookieOpts(r))
 	}
 }

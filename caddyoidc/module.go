@@ -106,11 +106,24 @@ type OIDC struct {
 	CookieSecret string `json:"cookie_secret,omitempty"`
 
 	// CookieName is the session cookie's name (chunks get `_0`, `_1`, ...
-	// suffixes). Default: `caddy_oidc`.
+	// suffixes; the flow and exposed-token cookies get `_flow_...`,
+	// `_access_token`, `_id_token`). The effective names start with
+	// `__Host-` when cookie_host_prefix applies (`__Host-caddy_oidc_0`); the
+	// name itself must not start with `__Host-` or `__Secure-`.
+	// Default: `caddy_oidc`.
 	CookieName string `json:"cookie_name,omitempty"`
 
 	// CookieDomain sets the cookies' Domain attribute. Default: none (host-only).
 	CookieDomain string `json:"cookie_domain,omitempty"`
+
+	// CookieHostPrefix names every cookie of the handler `__Host-` +
+	// cookie_name + suffix (`__Host-caddy_oidc_0`, `__Host-caddy_oidc_flow_...`,
+	// `__Host-caddy_oidc_access_token`) when the cookie is Secure and
+	// host-only (no cookie_domain): browsers accept such a cookie only with
+	// Secure, no Domain and Path=/, so a sibling subdomain or a plain-HTTP
+	// page cannot set or shadow it. Over plain HTTP or with cookie_domain the
+	// names have no prefix. Default: on; `off` keeps the bare names.
+	CookieHostPrefix *bool `json:"cookie_host_prefix,omitempty"`
 
 	// CookieSecure forces the Secure attribute on (`true`) or off (`false`).
 	// Default: Secure unless the request arrived over plain HTTP.
@@ -344,6 +357,7 @@ func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.S
 	var err error
 	resolve := func(s string) (string, error) { return repl.ReplaceOrErr(s, true, true) }
 	rt := &runtime{root: "caddy-oidc/"}
+	rt.identityHeaders = newHeaderSet(o.ClaimHeaders)
 	if rt.issuer, err = resolve(o.Issuer); err != nil {
 		return fmt.Errorf("issuer: %v", err)
 	}
@@ -479,6 +493,9 @@ func (o *OIDC) Validate() error {
 	if o.CookieName != "" && !validCookieName(o.CookieName) {
 		return fmt.Errorf("oidc: cookie_name %q must be 1 to 64 letters, digits or !#$%%&'*+-.^_`|~", o.CookieName)
 	}
+	if n := strings.ToLower(o.CookieName); strings.HasPrefix(n, "__host-") || strings.HasPrefix(n, "__secure-") {
+		return fmt.Errorf("oidc: cookie_name %q: the __Host- prefix is added by the module (see cookie_host_prefix)", o.CookieName)
+	}
 	switch o.PassToken {
 	case "access", "id", "none":
 	default:
@@ -561,6 +578,8 @@ type runtime struct {
 	ns string
 	// root is the prefix of the keys given to o.storage (ends in /).
 	root string
+	// identityHeaders are the request headers removed before authentication.
+	identityHeaders *headerSet
 }
 
 // key is the storage key of rel (e.g. "sessions/<hash>"); o.storage puts it

@@ -6,6 +6,7 @@ import (
 	"net/url"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 )
 
 // serveRoute dispatches <routes>/<route>.
@@ -52,6 +53,14 @@ func (o *OIDC) serveRefresh(w http.ResponseWriter, r *http.Request, p *provider)
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", "POST")
 		o.writeError(w, r, http.StatusMethodNotAllowed, "invalid_request", "refresh takes POST")
+		return
+	}
+	// The answer carries the tokens: another site must not make the
+	// browser ask (a form post or fetch rides on the session cookie).
+	if !sameOrigin(r) {
+		o.logger.Warn("cross-site refresh refused", zap.String("origin", printable(r.Header.Get("Origin"), 200)),
+			zap.String("sec_fetch_site", printable(r.Header.Get("Sec-Fetch-Site"), 40)), zap.String("remote", r.RemoteAddr))
+		o.writeError(w, r, http.StatusForbidden, "invalid_request", "cross-site refresh refused")
 		return
 	}
 	s, err := o.loadSession(r)

@@ -18,7 +18,7 @@ import (
 // loadSession returns the request's session, or nil when there is none (or
 // it is invalid, expired, or unreadable).
 func (o *OIDC) loadSession(r *http.Request) (*session, error) {
-	raw := readChunked(r, o.CookieName)
+	raw := readChunked(r, o.cookieOpts(r))
 	if raw == "" {
 		return nil, nil
 	}
@@ -76,7 +76,7 @@ func (o *OIDC) saveSession(w http.ResponseWriter, r *http.Request, s *session) e
 	} else {
 		value = o.rt.sealer.Seal(encodeSession(s), o.sessionPurpose())
 	}
-	if !writeChunked(w, r, o.cookieOpts(r), o.CookieName, value, maxAge) {
+	if !writeChunked(w, r, o.cookieOpts(r), value, maxAge) {
 		return errors.New("session too large for cookies; use session store")
 	}
 	o.writeExposedTokens(w, r, s, maxAge)
@@ -90,7 +90,7 @@ func (o *OIDC) clearSession(w http.ResponseWriter, r *http.Request, s *session) 
 			o.logger.Error("deleting stored session", errField(err))
 		}
 	}
-	writeChunked(w, r, o.cookieOpts(r), o.CookieName, "", -1)
+	writeChunked(w, r, o.cookieOpts(r), "", -1)
 	o.writeExposedTokens(w, r, nil, -1)
 }
 
@@ -105,14 +105,14 @@ func (o *OIDC) writeExposedTokens(w http.ResponseWriter, r *http.Request, s *ses
 	if s != nil {
 		at, it = s.AccessToken, s.IDToken
 	}
-	for name, v := range map[string]string{"_access_token": at, "_id_token": it} {
+	for name, v := range map[string]string{accessTokenSuffix: at, idTokenSuffix: it} {
 		if v == "" {
-			if _, err := r.Cookie(o.CookieName + name); err == nil {
-				http.SetCookie(w, opts.cookie(o.CookieName+name, "", "/", -1, false))
+			if _, err := r.Cookie(opts.name(name)); err == nil {
+				http.SetCookie(w, opts.cookie(opts.name(name), "", "/", -1, false))
 			}
 			continue
 		}
-		http.SetCookie(w, opts.cookie(o.CookieName+name, v, "/", maxAge, false))
+		http.SetCookie(w, opts.cookie(opts.name(name), v, "/", maxAge, false))
 	}
 }
 
@@ -195,7 +195,10 @@ func (o *OIDC) sessionExpired(s *session, now time.Time) bool {
 	return now.Sub(time.Unix(s.Created, 0)) > time.Duration(o.SessionLifetime)
 }
 
-// cookieOpts gives the cookie attributes for this request.
+// cookieOpts gives the cookie attributes and names for this request. The
+// names get the __Host- prefix when the cookies are Secure and host-only
+// (no cookie_domain), unless cookie_host_prefix is off: browsers then refuse
+// such a cookie from a sibling subdomain or over plain HTTP.
 func (o *OIDC) cookieOpts(r *http.Request) cookieOpts {
 	secure := r.TLS != nil
 	if o.CookieSecure != nil {
@@ -209,5 +212,9 @@ func (o *OIDC) cookieOpts(r *http.Request) cookieOpts {
 		ss = http.SameSiteNoneMode
 		secure = true
 	}
-	return cookieOpts{secure: secure, sameSite: ss, domain: o.CookieDomain}
+	c := cookieOpts{secure: secure, sameSite: ss, domain: o.CookieDomain, base: o.CookieName}
+	if secure && o.CookieDomain == "" && (o.CookieHostPrefix == nil || *o.CookieHostPrefix) {
+		c.prefix = hostPrefix
+	}
+	return c
 }

@@ -21,14 +21,96 @@ var identityHeaders = []string{headerUser, headerEmail, headerPreferredUsername,
 // upstreamTokens are the tokens that may go upstream.
 type upstreamTokens struct{ access, id string }
 
-// removeIdentityHeaders deletes every header this handler may set, so a
-// client cannot forge its identity.
-func removeIdentityHeaders(r *http.Request, claimHeaders map[string]string) {
+// headerSet matches header names the way a proxy or application may
+// normalise them: ASCII case-insensitively, with '-', '_' and '.' alike
+// (X-Auth-Request-User, X_AUTH_REQUEST_USER, x.auth.request.user; CGI, PHP
+// and several frameworks turn all of them into one name).
+type headerSet struct {
+	names []string  // folded: lower case, '_' and '.' as '-'
+	lens  [2]uint64 // bit n: some name has length n (n < 128)
+	long  bool      // some name is 128 bytes or longer
+}
+
+// newHeaderSet is the set of the identity headers and the claim headers.
+func newHeaderSet(claimHeaders map[string]string) *headerSet {
+	hs := &headerSet{}
+	add := func(h string) {
+		f := foldHeader(h)
+		if contains(hs.names, f) {
+			return
+		}
+		hs.names = append(hs.names, f)
+		if len(f) < 128 {
+			hs.lens[len(f)/64] |= 1 << (len(f) % 64)
+		} else {
+			hs.long = true
+		}
+	}
 	for _, h := range identityHeaders {
-		r.Header.Del(h)
+		add(h)
 	}
 	for h := range claimHeaders {
-		r.Header.Del(h)
+		add(h)
+	}
+	return hs
+}
+
+func foldHeader(h string) string {
+	b := []byte(h)
+	for i, c := range b {
+		b[i] = foldByte(c)
+	}
+	return string(b)
+}
+
+func foldByte(c byte) byte {
+	switch {
+	case 'A' <= c && c <= 'Z':
+		return c + 'a' - 'A'
+	case c == '_' || c == '.':
+		return '-'
+	}
+	return c
+}
+
+// has tells whether name is one of the set in any spelling. It allocates
+// nothing, and most names are ruled out by their length alone.
+func (hs *headerSet) has(name string) bool {
+	if n := len(name); n < 128 {
+		if hs.lens[n/64]&(1<<(n%64)) == 0 {
+			return false
+		}
+	} else if !hs.long {
+		return false
+	}
+next:
+	for _, f := range hs.names {
+		if len(f) != len(name) {
+			continue
+		}
+		for i := 0; i < len(name); i++ {
+			if foldByte(name[i]) != f[i] {
+				continue next
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// removeIdentityHeaders deletes every request header that is, in any
+// spelling, one this handler sets (identity headers, claim_header names),
+// so a client cannot forge its identity, whatever the upstream normalises.
+// It does not rely on the server dropping names with '_' or '.'.
+func (o *OIDC) removeIdentityHeaders(r *http.Request) {
+	hs := o.rt.identityHeaders
+	if hs == nil {
+		hs = newHeaderSet(o.ClaimHeaders)
+	}
+	for k := range r.Header {
+		if hs.has(k) {
+			delete(r.Header, k)
+		}
 	}
 }
 
