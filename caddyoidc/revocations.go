@@ -84,15 +84,19 @@ func (rv *revocations) revoked(s *session) bool {
 	if len(rv.known) == 0 {
 		return false
 	}
-	if _, ok := rv.ids[hashKey(s.ID)]; ok {
+	keys := s.revocationKeys
+	if keys[0] == "" {
+		keys = sessionRevocationKeys(s)
+	}
+	if _, ok := rv.ids[keys[0]]; ok {
 		return true
 	}
-	if s.ProviderSID != "" {
-		if _, ok := rv.sids[hashKey(s.Identity.Issuer, s.ProviderSID)]; ok {
+	if keys[1] != "" {
+		if _, ok := rv.sids[keys[1]]; ok {
 			return true
 		}
 	}
-	at, ok := rv.subs[hashKey(s.Identity.Issuer, s.Identity.Subject)]
+	at, ok := rv.subs[keys[2]]
 	return ok && s.createdMs() <= at
 }
 

@@ -26,6 +26,9 @@ type session struct {
 	// store (one refresh token per user, shared by sessions and AZATs) and
 	// refreshes go through the grant.
 	GrantKey string `json:"gk,omitempty"`
+
+	// revocationKeys: see sessionRevocationKeys (not stored).
+	revocationKeys [3]string
 }
 
 // createdMs is the login time in milliseconds (sessions of earlier
@@ -71,8 +74,20 @@ func (s *session) labelIdentity() *session {
 	if s.Identity != nil {
 		s.Identity.Source = "session"
 		s.Identity.GrantKey = s.GrantKey
+		s.revocationKeys = sessionRevocationKeys(s)
 	}
 	return s
+}
+
+// sessionRevocationKeys are the keys under which revocations name s: its
+// id, its provider session, its user. Computed once per decoded session,
+// so the revocation check on the request path hashes nothing.
+func sessionRevocationKeys(s *session) [3]string {
+	k := [3]string{hashKey(s.ID), "", hashKey(s.Identity.Issuer, s.Identity.Subject)}
+	if s.ProviderSID != "" {
+		k[1] = hashKey(s.Identity.Issuer, s.ProviderSID)
+	}
+	return k
 }
 
 func encodeSession(s *session) []byte {
