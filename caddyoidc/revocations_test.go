@@ -1,9 +1,14 @@
 package caddyoidc
 
 import (
+	"context"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
 )
 
 // TestRevoked: a logout revokes one session id; a back-channel logout a
@@ -55,6 +60,62 @@ func BenchmarkRevocationCheck(b *testing.B) {
 	for b.Loop() {
 		if rv.revoked(s) {
 			b.Fatal("revoked")
+		}
+	}
+}
+
+// TestRevocationReloadIncremental: an instance loads each stored revocation
+// once, not every record on every reload; one written by another instance
+// is applied at the next reload.
+func TestRevocationReloadIncremental(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	// b uses session store only so that no background reload runs during
+	// the test (the reload itself does not depend on the mode).
+	instance := func(mode string) (*OIDC, *loadCountingStorage) {
+		st := &loadCountingStorage{FileStorage: &certmagic.FileStorage{Path: dir}}
+		o := &OIDC{Issuer: "http://127.0.0.1:1", ClientID: "web", CookieSecret: strings.Repeat("s", 32), Session: mode}
+		if err := o.provision(ctx, zap.NewNop(), st); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = o.Cleanup() })
+		return o, st
+	}
+	a, _ := instance("cookie")
+	b, stB := instance("store")
+	now := time.Now()
+	sessions := make([]*session, 4)
+	for i := range sessions {
+		sessions[i] = (&session{ID: "s" + strconv.Itoa(i), Created: now.Unix(), Identity: &identity{Issuer: "i", Subject: "u"}}).labelIdentity()
+	}
+	for _, s := range sessions[:3] {
+		if err := a.endSessionRecord(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reload := func() int64 {
+		t.Helper()
+		before := stB.loads.Load()
+		if err := b.loadRevocations(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return stB.loads.Load() - before
+	}
+	if n := reload(); n != 3 {
+		t.Fatalf("first reload loaded %d records, want 3", n)
+	}
+	if n := reload(); n != 0 {
+		t.Fatalf("second reload loaded %d records, want 0", n)
+	}
+	if err := a.endSessionRecord(ctx, sessions[3]); err != nil {
+		t.Fatal(err)
+	}
+	if n := reload(); n != 1 {
+		t.Fatalf("reload after one new revocation loaded %d records, want 1", n)
+	}
+	for i, s := range sessions {
+		if !b.rt.revoked.revoked(s) {
+			t.Errorf("session %d not revoked on the other instance", i)
 		}
 	}
 }
