@@ -1,0 +1,50 @@
+package caddyoidc_test
+
+import (
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/testop"
+)
+
+// Red-team attacks on issue 9's fixes. Each test is the attack and fails
+// while the weakness is there.
+
+// TestRedteamStoreLogoutResurrectedByOtherInstance: `session store` with
+// `azat { logout keep }` on two instances of one namespace. After a logout
+// at A (the stored record is deleted), instance B still serves the copied
+// cookie from its session cache (the documented session_cache lag) and, as
+// the access token needs a refresh, refreshes it through the grant (kept on
+// logout) and stores the session again (saveSession -> storeSession, with
+// no check that the record still exists). From then on A, and every
+// instance, accepts the copied cookie until session_lifetime: the logout is
+// undone for good.
+func TestRedteamStoreLogoutResurrectedByOtherInstance(t *testing.T) {
+	op := startOP(t, testop.Options{AccessTokenLifetime: time.Minute})
+	up := newUpstream(t)
+	block := oidcBlock(op, "namespace shared", "session store", "session_cache 1m", "refresh_before 10m",
+		"azat {\n\t\t\tlogout keep\n\t\t}")
+	a, b := twoSites(t, up, block, block)
+	c := browser()
+	login(t, c, op, a, "/")
+	thiefA := copyCookies(t, c, a, a, nil)
+	thiefA2 := copyCookies(t, c, a, a, nil) // thiefA's cookies are expired by the 401
+	thiefB := copyCookies(t, c, a, b, nil)
+	if resp := get(t, thiefB, b+"/api"); resp.StatusCode != 200 {
+		t.Fatalf("legitimate flow: instance B before logout: %d", resp.StatusCode)
+	}
+	if resp := do(t, c, "POST", a+"/auth/logout"); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("logout: %d", resp.StatusCode)
+	}
+	if resp := get(t, thiefA, a+"/api"); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("copied cookie at A right after logout: %d", resp.StatusCode)
+	}
+	// B within its session cache: the documented lag (at most session_cache).
+	n0 := op.TokenCalls("refresh_token")
+	t.Logf("B after logout: %d, refreshes before %d after %d", get(t, thiefB, b+"/api").StatusCode, n0, op.TokenCalls("refresh_token"))
+	// A has no cached copy: it reads storage.
+	if resp := get(t, thiefA2, a+"/api"); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("the logged-out session was stored again by instance B's refresh: A accepts the copied cookie after logout (%d)", resp.StatusCode)
+	}
+}
