@@ -2,8 +2,12 @@ package caddyoidc_test
 
 import (
 	"net/http"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddy-oidc/caddy-oidc/internal/testop"
 )
@@ -46,5 +50,45 @@ func TestRedteamStoreLogoutResurrectedByOtherInstance(t *testing.T) {
 	// A has no cached copy: it reads storage.
 	if resp := get(t, thiefA2, a+"/api"); resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("the logged-out session was stored again by instance B's refresh: A accepts the copied cookie after logout (%d)", resp.StatusCode)
+	}
+}
+
+// TestRedteamJSONSitesShareNamespace: two sites configured in JSON (the
+// admin API, config management tools, `caddy adapt` output edited by hand)
+// carry no `site` field unless the operator adds one; the namespace is then
+// derived from the provider and client alone and the AZAT issuer from the
+// request's Host, exactly issue 9's first two attacks: site A's session
+// cookie is accepted by site B. Module.go says "Sites never share sessions
+// ... unless they share a Namespace"; nothing warns or refuses.
+func TestRedteamJSONSitesShareNamespace(t *testing.T) {
+	op := startOP(t, testop.Options{})
+	up := newUpstream(t)
+	a, b := "http://127.0.0.1:"+itoa(freePort(t)), "http://127.0.0.1:"+itoa(freePort(t))
+	proxy := "\n\treverse_proxy " + strings.TrimPrefix(up.URL, "http://") + "\n}\n"
+	block := oidcBlock(op)
+	cf := "{\n\tadmin off\n\tpersist_config off\n\tauto_https off\n\tstorage file_system " + t.TempDir() +
+		"\n}\n" + a + " {\n\t" + block + proxy + b + " {\n\t" + block + proxy
+	cfg, _, err := caddyconfigAdapt(cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The JSON an operator writes: no "site" (the Caddyfile adapter's addition).
+	cfg = regexp.MustCompile(`,"site":"[^"]*"`).ReplaceAll(cfg, nil)
+	cfg = regexp.MustCompile(`"site":"[^"]*",`).ReplaceAll(cfg, nil)
+	if strings.Contains(string(cfg), `"site"`) {
+		t.Fatal("site left in the JSON")
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+	c := browser()
+	login(t, c, op, a, "/")
+	if resp := get(t, c, a+"/api"); resp.StatusCode != 200 {
+		t.Fatalf("legitimate flow at A: %d", resp.StatusCode)
+	}
+	thief := copyCookies(t, c, a, b, nil)
+	if resp := get(t, thief, b+"/api"); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("site B (JSON config, no site field) accepted site A's session cookie: %d", resp.StatusCode)
 	}
 }
