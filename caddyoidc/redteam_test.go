@@ -92,3 +92,33 @@ func TestRedteamJSONSitesShareNamespace(t *testing.T) {
 		t.Fatalf("site B (JSON config, no site field) accepted site A's session cookie: %d", resp.StatusCode)
 	}
 }
+
+// TestRedteamLogoutWithTossedChunkEndsNothing: a sibling subdomain (or any
+// page that can set a cookie for the site when __Host- is not in use:
+// cookie_domain, plain HTTP) tosses in a second caddy_oidc_0. Duplicate
+// chunks are "no session" (issue 9 item 9), so POST /auth/logout finds no
+// session, ends nothing server-side (no revocation, grant kept), clears the
+// browser's cookies and shows "You are logged out". A copy of the cookie
+// taken before keeps working: the user was told their session ended.
+// Logout must fail closed (refuse, or end the session the real chunks
+// name), never report success while the session lives on.
+func TestRedteamLogoutWithTossedChunkEndsNothing(t *testing.T) {
+	op := startOP(t, testop.Options{})
+	up := newUpstream(t)
+	site := startCaddy(t, oidcBlock(op, "azat"), up, "")
+	c := browser()
+	login(t, c, op, site.URL, "/")
+	thief := copyCookies(t, c, site.URL, site.URL, nil)
+	if resp := get(t, thief, site.URL+"/api"); resp.StatusCode != 200 {
+		t.Fatalf("legitimate flow: copy before logout: %d", resp.StatusCode)
+	}
+	// The jar adds the real cookies after this one: two caddy_oidc_0.
+	resp := do(t, c, "POST", site.URL+"/auth/logout", "Cookie", "caddy_oidc_0=tossed")
+	if resp.StatusCode == http.StatusSeeOther {
+		loc, _ := resp.Location()
+		t.Logf("logout answered 303 to %s", loc)
+	}
+	if resp := get(t, thief, site.URL+"/api"); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("logout with a tossed duplicate chunk reported success but the session lives on: copy answers %d", resp.StatusCode)
+	}
+}
