@@ -122,3 +122,33 @@ func TestRedteamLogoutWithTossedChunkEndsNothing(t *testing.T) {
 		t.Fatalf("logout with a tossed duplicate chunk reported success but the session lives on: copy answers %d", resp.StatusCode)
 	}
 }
+
+// TestRedteamApprovedDeviceCodeSurvivesLogout: a user approves a device
+// code (phished, or regretted), then logs out to end everything, and logs
+// in again a little later, within the code's 10 minutes. The approved
+// record only names the grant key (iss#sub), and the new login recreates
+// that grant (keeping the jti window), so the attacker's next poll gets a
+// fresh AZAT: the logout did not end the pending approval. An approval
+// should be bound to the grant generation (or logout should deny the
+// user's approved, unpolled codes).
+func TestRedteamApprovedDeviceCodeSurvivesLogout(t *testing.T) {
+	op := startOP(t, testop.Options{})
+	up := newUpstream(t)
+	site := startCaddy(t, oidcBlock(op, "azat"), up, "")
+	c := browser()
+	login(t, c, op, site.URL, "/")
+	d := startDevice(t, site.URL)
+	if resp := decide(t, c, site.URL, d.UserCode, "approve"); resp.StatusCode != 200 {
+		t.Fatalf("approve: %d", resp.StatusCode)
+	}
+	if resp := do(t, c, "POST", site.URL+"/auth/logout"); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("logout: %d", resp.StatusCode)
+	}
+	c2 := browser()
+	if resp := login(t, c2, op, site.URL, "/"); resp.StatusCode != 200 {
+		t.Fatalf("legitimate flow: login after logout: %d", resp.StatusCode)
+	}
+	if s, m := pollDevice(t, site.URL, d.DeviceCode); s == 200 {
+		t.Fatalf("a device code approved before the logout still mints an AZAT after it: %v", m["token_type"])
+	}
+}
