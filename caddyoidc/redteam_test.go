@@ -152,3 +152,31 @@ func TestRedteamApprovedDeviceCodeSurvivesLogout(t *testing.T) {
 		t.Fatalf("a device code approved before the logout still mints an AZAT after it: %v", m["token_type"])
 	}
 }
+
+// TestRedteamApprovedDeviceCodeSurvivesRevoke: POST /auth/revoke ("end
+// every AZAT of the caller") moves the jti window, but an approved,
+// not yet polled device code mints the next jti, which is valid: the
+// attacker who phished the approval polls after the user's revoke and gets
+// a working AZAT. No re-login needed.
+func TestRedteamApprovedDeviceCodeSurvivesRevoke(t *testing.T) {
+	op := startOP(t, testop.Options{})
+	up := newUpstream(t)
+	site := startCaddy(t, oidcBlock(op, "azat"), up, "")
+	c := browser()
+	login(t, c, op, site.URL, "/")
+	d := startDevice(t, site.URL)
+	if resp := decide(t, c, site.URL, d.UserCode, "approve"); resp.StatusCode != 200 {
+		t.Fatalf("approve: %d", resp.StatusCode)
+	}
+	if resp := do(t, c, "POST", site.URL+"/auth/revoke", "Sec-Fetch-Site", "same-origin"); resp.StatusCode != 200 {
+		t.Fatalf("revoke: %d %s", resp.StatusCode, body(t, resp))
+	}
+	s, m := pollDevice(t, site.URL, d.DeviceCode)
+	if s != 200 {
+		return // safe outcome
+	}
+	tok, _ := m["access_token"].(string)
+	if resp := get(t, browser(), site.URL+"/files/x", "Authorization", "Bearer "+tok); resp.StatusCode == 200 {
+		t.Fatal("after POST /auth/revoke, a device code approved before it mints an AZAT that works")
+	}
+}
