@@ -1,9 +1,13 @@
 package caddyoidc_test
 
 import (
+	"context"
 	"net/http"
+	"net/url"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -178,5 +182,68 @@ func TestRedteamApprovedDeviceCodeSurvivesRevoke(t *testing.T) {
 	tok, _ := m["access_token"].(string)
 	if resp := get(t, browser(), site.URL+"/files/x", "Authorization", "Bearer "+tok); resp.StatusCode == 200 {
 		t.Fatal("after POST /auth/revoke, a device code approved before it mints an AZAT that works")
+	}
+}
+
+// TestRedteamLoginMarkerFloodLocksOutLogins: the used-state markers
+// (usedStates, 100 000 entries of 5 minutes) are claimed as soon as a
+// callback's flow cookie opens, before the provider is involved. Anyone can
+// get a valid flow cookie from GET /auth/login, so one unauthenticated
+// client sending login + callback pairs (no provider login, no code) fills
+// the map in seconds; issue 9's "refuse new logins rather than drop live
+// markers" then refuses every real user's login with 503 for five minutes,
+// renewable at will. A marker should be claimed only for a callback that
+// carries a code (and after the exchange succeeds or the provider refused
+// it), or be bounded per client.
+func TestRedteamLoginMarkerFloodLocksOutLogins(t *testing.T) {
+	op := startOP(t, testop.Options{})
+	up := newUpstream(t)
+	site := startCaddy(t, oidcBlock(op), up, "")
+	const markers = 100000 // maxLoginMarkers (module.go)
+	tr := &http.Transport{MaxIdleConnsPerHost: 8}
+	t.Cleanup(tr.CloseIdleConnections)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+			for next.Add(1) <= markers {
+				resp, err := c.Get(site.URL + "/auth/login")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				resp.Body.Close()
+				loc, err := resp.Location()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				req, _ := http.NewRequest("GET", site.URL+"/auth/callback?state="+url.QueryEscape(loc.Query().Get("state")), nil)
+				for _, ck := range resp.Cookies() {
+					req.AddCookie(ck)
+				}
+				r2, err := c.Do(req)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				r2.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	// A real user now logs in at the provider and comes back with a code.
+	c := browser()
+	resp := get(t, c, site.URL+"/", navigate...)
+	loginURL, _ := resp.Location()
+	cb, err := op.Login(context.Background(), c, loginURL.String(), testop.Username, testop.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp := get(t, c, cb, navigate...); resp.StatusCode != http.StatusFound {
+		t.Fatalf("after an unauthenticated flood of code-less callbacks, a real login is refused: %d %s", resp.StatusCode, body(t, resp))
 	}
 }
