@@ -247,3 +247,50 @@ func TestRedteamLoginMarkerFloodLocksOutLogins(t *testing.T) {
 		t.Fatalf("after an unauthenticated flood of code-less callbacks, a real login is refused: %d %s", resp.StatusCode, body(t, resp))
 	}
 }
+
+// TestRedteamBackchannelLogoutResurrectedByOtherInstance: `session store`
+// with `azat` (defaults: a back-channel logout keeps the grant unless
+// backchannel_revoke_azat). The provider's back-channel logout deletes the
+// user's stored sessions and their index entries. Instance B, still holding
+// the session in its session cache, refreshes it through the grant and
+// stores it again, now without any sid/sub index entry: every instance
+// accepts it until session_lifetime, and a repeated back-channel logout
+// cannot find it any more.
+func TestRedteamBackchannelLogoutResurrectedByOtherInstance(t *testing.T) {
+	op := startOP(t, testop.Options{AccessTokenLifetime: time.Minute})
+	up := newUpstream(t)
+	block := oidcBlock(op, "namespace shared", "session store", "session_cache 1m", "refresh_before 10m", "azat")
+	a, b := twoSites(t, up, block, block)
+	c := browser()
+	login(t, c, op, a, "/")
+	thiefA := copyCookies(t, c, a, a, nil)
+	thiefA2 := copyCookies(t, c, a, a, nil)
+	thiefB := copyCookies(t, c, a, b, nil)
+	if resp := get(t, thiefB, b+"/api"); resp.StatusCode != 200 {
+		t.Fatalf("legitimate flow: instance B: %d", resp.StatusCode)
+	}
+	logoutToken := func() string {
+		now := time.Now()
+		tok, err := op.SignJWT(map[string]any{"iss": op.Issuer, "aud": testop.WebClientID, "iat": now.Unix(),
+			"exp": now.Add(2 * time.Minute).Unix(), "jti": "rt-" + itoa(int(now.UnixNano()%1e12)), "sub": testop.UserID,
+			"events": map[string]any{"http://schemas.openid.net/event/backchannel-logout": map[string]any{}}},
+			map[string]any{"typ": "logout+jwt"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	if code := postLogoutToken(t, a, logoutToken()); code != 200 {
+		t.Fatalf("back-channel logout: %d", code)
+	}
+	if resp := get(t, thiefA, a+"/api"); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("A right after the back-channel logout: %d", resp.StatusCode)
+	}
+	_ = get(t, thiefB, b+"/api") // within B's session cache
+	if code := postLogoutToken(t, a, logoutToken()); code != 200 {
+		t.Fatalf("second back-channel logout: %d", code)
+	}
+	if resp := get(t, thiefA2, a+"/api"); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("a back-channel-logged-out session was stored again by instance B and survives even a second back-channel logout: %d", resp.StatusCode)
+	}
+}
