@@ -294,3 +294,36 @@ func TestRedteamBackchannelLogoutResurrectedByOtherInstance(t *testing.T) {
 		t.Fatalf("a back-channel-logged-out session was stored again by instance B and survives even a second back-channel logout: %d", resp.StatusCode)
 	}
 }
+
+// TestRedteamBackchannelLogoutMissesOtherSessionMode: one namespace (one
+// provider client, so one back-channel logout URI at the provider), two
+// handlers with different `session` modes: a rolling change from `session
+// cookie` to `session store`, or two sites sharing a namespace. The
+// provider delivers the back-channel logout to the cookie-mode handler,
+// which only writes a revocation; the store-mode handler never reads
+// revocations, and its stored sessions (with their index entries) are not
+// looked at. The user's session at B survives the provider's logout.
+func TestRedteamBackchannelLogoutMissesOtherSessionMode(t *testing.T) {
+	op := startOP(t, testop.Options{})
+	up := newUpstream(t)
+	a, b := twoSites(t, up, oidcBlock(op, "namespace shared", "session cookie"), oidcBlock(op, "namespace shared", "session store"))
+	c := browser()
+	login(t, c, op, b, "/")
+	if resp := get(t, c, b+"/api"); resp.StatusCode != 200 {
+		t.Fatalf("legitimate flow at B: %d", resp.StatusCode)
+	}
+	now := time.Now()
+	tok, err := op.SignJWT(map[string]any{"iss": op.Issuer, "aud": testop.WebClientID, "iat": now.Unix(),
+		"exp": now.Add(2 * time.Minute).Unix(), "jti": "rt-mode-" + itoa(int(now.UnixNano()%1e12)), "sub": testop.UserID,
+		"events": map[string]any{"http://schemas.openid.net/event/backchannel-logout": map[string]any{}}},
+		map[string]any{"typ": "logout+jwt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := postLogoutToken(t, a, tok); code != 200 {
+		t.Fatalf("back-channel logout at A: %d", code)
+	}
+	if resp := get(t, c, b+"/api"); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("the provider's back-channel logout (delivered to A, cookie mode) left the user's stored session at B (same namespace) alive: %d", resp.StatusCode)
+	}
+}
