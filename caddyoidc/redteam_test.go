@@ -327,3 +327,26 @@ func TestRedteamBackchannelLogoutMissesOtherSessionMode(t *testing.T) {
 		t.Fatalf("the provider's back-channel logout (delivered to A, cookie mode) left the user's stored session at B (same namespace) alive: %d", resp.StatusCode)
 	}
 }
+
+// TestRedteamCrossSiteLookupsLockOutDeviceApproval: GET
+// /auth/device?user_code=X (the verification_uri_complete shape) counts a
+// wrong code for the logged-in user when X is not pending, with no CSRF
+// token and whatever Sec-Fetch-Site says. Any web page the user visits can
+// open ten such top-level navigations (SameSite=Lax cookies ride along) and
+// lock the user out of approving their real device for ten minutes (429).
+func TestRedteamCrossSiteLookupsLockOutDeviceApproval(t *testing.T) {
+	op := startOP(t, testop.Options{})
+	up := newUpstream(t)
+	site := startCaddy(t, oidcBlock(op, "azat"), up, "")
+	c := browser()
+	login(t, c, op, site.URL, "/")
+	for range 10 {
+		_ = get(t, c, site.URL+"/auth/device?user_code=BCDF-GHJK", "Accept", "text/html",
+			"Sec-Fetch-Mode", "navigate", "Sec-Fetch-Site", "cross-site")
+	}
+	d := startDevice(t, site.URL)
+	resp := get(t, c, site.URL+"/auth/device?user_code="+url.QueryEscape(d.UserCode), navigate...)
+	if resp.StatusCode == http.StatusTooManyRequests {
+		t.Fatal("cross-site navigations by another page used up the user's wrong-code budget: their own device code gets 429")
+	}
+}
