@@ -239,7 +239,7 @@ func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider
 		s.GrantKey, s.RefreshToken = grantKey(s.Identity), ""
 	}
 	s.labelIdentity() // as a session read back is (the store caches this one)
-	if err := o.saveSession(w, r, s); err != nil {
+	if err := o.createSession(w, r, s); err != nil {
 		o.callbackError(w, r, http.StatusServiceUnavailable, "the session could not be saved", err)
 		return
 	}

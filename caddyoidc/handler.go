@@ -109,7 +109,10 @@ func (o *OIDC) authenticate(w http.ResponseWriter, r *http.Request, p *provider)
 		ns, err := o.refresh(r.Context(), p, s, false)
 		switch {
 		case err == nil:
-			if err := o.saveSession(w, r, ns); err != nil {
+			if err := o.saveSession(w, r, ns); errors.Is(err, errSessionEnded) {
+				o.clearSession(w, r, nil)
+				return nil, upstreamTokens{}, true
+			} else if err != nil {
 				o.logger.Error("saving refreshed session failed", errField(err))
 			}
 			s = ns

@@ -106,7 +106,7 @@ func (o *OIDC) refreshLocked(ctx context.Context, p *provider, s *session) (*ses
 	ns, err := o.refreshAtIdP(ctx, p, cur)
 	if err != nil {
 		if errors.Is(err, errGrantGone) {
-			_ = o.deleteStored(ctx, s.ID)
+			_ = o.deleteStoredLocked(ctx, s.ID)
 		}
 		return nil, false, err
 	}

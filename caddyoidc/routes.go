@@ -85,7 +85,11 @@ func (o *OIDC) serveRefresh(w http.ResponseWriter, r *http.Request, p *provider)
 		o.writeError(w, r, http.StatusUnauthorized, "invalid_grant", "the session cannot be refreshed")
 		return
 	}
-	if err := o.saveSession(w, r, ns); err != nil {
+	if err := o.saveSession(w, r, ns); errors.Is(err, errSessionEnded) {
+		o.clearSession(w, r, nil)
+		o.writeError(w, r, http.StatusUnauthorized, "invalid_grant", "the session has ended; log in again")
+		return
+	} else if err != nil {
 		o.logger.Error("saving refreshed session failed", errField(err))
 		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "the session could not be saved")
 		return

@@ -61,15 +61,31 @@ func (o *OIDC) sessionPurpose() string {
 	return "session"
 }
 
-// saveSession writes s to the cookie (and storage).
+// errSessionEnded: the stored session was deleted meanwhile (logout,
+// back-channel logout, on any instance): it is never written again.
+var errSessionEnded = errors.New("the session has ended")
+
+// createSession writes a new session to the cookie (and storage).
+func (o *OIDC) createSession(w http.ResponseWriter, r *http.Request, s *session) error {
+	return o.writeSession(w, r, s, o.storeSession)
+}
+
+// saveSession writes a refreshed session to the cookie and, with the
+// session store, over its record only while that record exists
+// (errSessionEnded otherwise): a refresh never brings back a session that
+// was ended, on this instance or another.
 func (o *OIDC) saveSession(w http.ResponseWriter, r *http.Request, s *session) error {
+	return o.writeSession(w, r, s, o.updateStored)
+}
+
+func (o *OIDC) writeSession(w http.ResponseWriter, r *http.Request, s *session, store func(context.Context, *session) error) error {
 	maxAge := int(time.Until(time.Unix(s.Created, 0).Add(time.Duration(o.SessionLifetime))).Seconds())
 	if maxAge <= 0 {
 		return errors.New("session expired")
 	}
 	var value string
 	if o.Session == "store" {
-		if err := o.storeSession(r.Context(), s); err != nil {
+		if err := store(r.Context(), s); err != nil {
 			return err
 		}
 		value = o.rt.sealer.Seal([]byte(s.ID), o.sessionPurpose())
@@ -81,6 +97,22 @@ func (o *OIDC) saveSession(w http.ResponseWriter, r *http.Request, s *session) e
 	}
 	o.writeExposedTokens(w, r, s, maxAge)
 	return nil
+}
+
+// updateStored overwrites the stored record of s under the session's
+// storage lock, only if the record still exists.
+func (o *OIDC) updateStored(ctx context.Context, s *session) error {
+	ctx = context.WithoutCancel(ctx)
+	lock := sessionKey(s.ID)
+	if err := o.storage.Lock(ctx, lock); err != nil {
+		return err
+	}
+	defer func() { _ = o.storage.Unlock(ctx, lock) }()
+	if !o.storage.Exists(ctx, sessionKey(s.ID)) {
+		o.rt.stored.Delete(s.ID)
+		return errSessionEnded
+	}
+	return o.storeSession(ctx, s)
 }
 
 // clearSession deletes the session's cookies and stored record.
@@ -136,8 +168,19 @@ func (o *OIDC) storeSession(ctx context.Context, s *session) error {
 	return nil
 }
 
-// deleteStored deletes a stored session (and its cached copy).
+// deleteStored deletes a stored session (and its cached copy) under the
+// session's storage lock, so that a refresh in flight cannot store it again.
 func (o *OIDC) deleteStored(ctx context.Context, id string) error {
+	lock := sessionKey(id)
+	if err := o.storage.Lock(ctx, lock); err != nil {
+		return err
+	}
+	defer func() { _ = o.storage.Unlock(context.WithoutCancel(ctx), lock) }()
+	return o.deleteStoredLocked(ctx, id)
+}
+
+// deleteStoredLocked is deleteStored for a caller holding the lock.
+func (o *OIDC) deleteStoredLocked(ctx context.Context, id string) error {
 	o.rt.stored.Delete(id)
 	return o.storage.Delete(ctx, sessionKey(id))
 }
