@@ -128,27 +128,26 @@ func (o *OIDC) serveBackchannelLogout(w http.ResponseWriter, r *http.Request, p 
 		w.Header().Set("Retry-After", "5")
 		writeJSON(w, http.StatusServiceUnavailable, oauthError{Error: "temporarily_unavailable"})
 	}
+	// Both kinds of session end, whatever this handler's mode: handlers of
+	// one namespace may differ in it (a rolling change of `session`).
 	ended := 0
-	if o.Session == "store" {
-		for _, idx := range indexesFor(iss, lt.SessionID, lt.Subject) {
-			n, err := o.endIndexed(ctx, idx)
-			if err != nil {
-				unavailable(err)
-				return
-			}
-			ended += n
-		}
-	} else {
-		now := time.Now()
-		rv := revocation{Kind: "sub", Key: hashKey(iss, lt.Subject), At: now.Unix(), AtMs: now.UnixMilli(),
-			Until: now.Add(time.Duration(o.SessionLifetime)).Unix()}
-		if lt.SessionID != "" {
-			rv.Kind, rv.Key = "sid", hashKey(iss, lt.SessionID)
-		}
-		if err := o.storeRevocation(ctx, rv); err != nil {
+	for _, idx := range indexesFor(iss, lt.SessionID, lt.Subject) {
+		n, err := o.endIndexed(ctx, idx)
+		if err != nil {
 			unavailable(err)
 			return
 		}
+		ended += n
+	}
+	now := time.Now()
+	rv := revocation{Kind: "sub", Key: hashKey(iss, lt.Subject), At: now.Unix(), AtMs: now.UnixMilli(),
+		Until: now.Add(time.Duration(o.SessionLifetime)).Unix()}
+	if lt.SessionID != "" {
+		rv.Kind, rv.Key = "sid", hashKey(iss, lt.SessionID)
+	}
+	if err := o.storeRevocation(ctx, rv); err != nil {
+		unavailable(err)
+		return
 	}
 	if o.BackchannelRevokeAZAT && o.azat != nil && lt.Subject != "" {
 		if err := o.azat.Grants().Forget(ctx, iss+"#"+lt.Subject); err != nil {
