@@ -155,13 +155,7 @@ func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider
 		o.callbackError(w, r, http.StatusBadRequest, "login took too long; start again", nil)
 		return
 	}
-	switch added, full := o.rt.usedStates.Claim(state, struct{}{}, time.Unix(f.Created, 0).Add(flowLifetime)); {
-	case full:
-		// Never evict a live marker (that would let a used response be
-		// replayed): refuse new logins until markers expire.
-		o.callbackError(w, r, http.StatusServiceUnavailable, "too many logins at once; retry in a minute", nil)
-		return
-	case !added:
+	if _, used := o.rt.usedStates.Get(state, time.Now()); used {
 		o.callbackError(w, r, http.StatusBadRequest, "this login response was already used", nil)
 		return
 	}
@@ -192,6 +186,19 @@ func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider
 		} else {
 			o.callbackError(w, r, http.StatusBadRequest, "the authorization code was refused", err)
 		}
+		return
+	}
+	// The replay marker is claimed once the provider accepted the code, so
+	// that only real logins make markers: callbacks anyone can forge (a flow
+	// cookie from /login and a made-up code) cannot fill the map.
+	switch added, full := o.rt.usedStates.Claim(state, struct{}{}, time.Unix(f.Created, 0).Add(flowLifetime)); {
+	case full:
+		// Never evict a live marker (that would let a used response be
+		// replayed): refuse new logins until markers expire.
+		o.callbackError(w, r, http.StatusServiceUnavailable, "too many logins at once; retry in a minute", nil)
+		return
+	case !added:
+		o.callbackError(w, r, http.StatusBadRequest, "this login response was already used", nil)
 		return
 	}
 	rawID, _ := tok.Extra("id_token").(string)
