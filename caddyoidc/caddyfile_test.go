@@ -116,7 +116,7 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 
 func TestValidate(t *testing.T) {
 	base := func() *OIDC {
-		return &OIDC{Issuer: "https://idp.example.com", ClientID: "c", Scopes: []string{"openid"}, Session: "cookie",
+		return &OIDC{Issuer: "https://idp.example.com", ClientID: "c", Site: "app.example.com", Scopes: []string{"openid"}, Session: "cookie",
 			PassToken: "access", CookieSameSite: "lax", SessionLifetime: 100, RefreshBefore: 1}
 	}
 	tests := []struct {
@@ -144,6 +144,8 @@ func TestValidate(t *testing.T) {
 		{"cookie name with the __secure- prefix", func(o *OIDC) { o.CookieName = "__secure-sess" }, "cookie_name"},
 		{"negative session_cache is fine", func(o *OIDC) { o.SessionCache = -1 }, ""},
 		{"namespace ok", func(o *OIDC) { o.Namespace = "files.prod-1" }, ""},
+		{"no site (JSON)", func(o *OIDC) { o.Site = "" }, "site is required"},
+		{"no site, a namespace", func(o *OIDC) { o.Site, o.Namespace = "", "files" }, ""},
 		{"namespace with /", func(o *OIDC) { o.Namespace = "../x" }, "namespace"},
 		{"namespace too long", func(o *OIDC) { o.Namespace = strings.Repeat("n", 65) }, "namespace"},
 	}

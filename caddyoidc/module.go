@@ -479,6 +479,11 @@ func (o *OIDC) Validate() error {
 	if o.ClientID == "" {
 		return errors.New("oidc: client_id is required")
 	}
+	if o.Site == "" && o.Namespace == "" {
+		// Without either, sites of one provider and client would share a
+		// namespace (sessions, grants, device codes, AZAT keys).
+		return errors.New("oidc: site is required: the site's address, e.g. \"https://files.example.com\" (the Caddyfile sets it from the site block; a JSON config must give it, or a namespace)")
+	}
 	if o.Namespace != "" && !validNamespaceName(o.Namespace) {
 		return fmt.Errorf("oidc: namespace %q must be 1 to 64 letters, digits, '.', '_' or '-'", o.Namespace)
 	}
