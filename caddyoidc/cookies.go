@@ -4,6 +4,7 @@ import (
 	"math/bits"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -240,6 +241,47 @@ func readChunked(r *http.Request, c cookieOpts) string {
 		b.WriteString(v)
 	}
 	return b.String()
+}
+
+// maxCandidates bounds chunkCandidates.
+const maxCandidates = 16
+
+// chunkCandidates lists every value the request's session chunks could
+// form when some of them come twice (a cookie tossed in beside ours): each
+// choice of one value per chunk index 0..n-1, at most maxCandidates. Only
+// logout uses it, to end the session whichever copy is ours; the request
+// path never picks one (readChunked).
+func chunkCandidates(r *http.Request, c cookieOpts) []string {
+	var vals [maxChunks][]string
+	n := 0
+	cookiePairs(r, func(name, value string) bool {
+		kind, i, active := c.classify(name)
+		if kind != chunkCookie || !active || value == "" || slices.Contains(vals[i], value) || len(vals[i]) >= 4 {
+			return true
+		}
+		vals[i] = append(vals[i], value)
+		n = max(n, i+1)
+		return true
+	})
+	out := []string{""}
+	for i := 0; i < n; i++ {
+		if len(vals[i]) == 0 {
+			return nil // a gap: no value forms a session
+		}
+		var next []string
+		for _, prefix := range out {
+			for _, v := range vals[i] {
+				if len(next) < maxCandidates {
+					next = append(next, prefix+v)
+				}
+			}
+		}
+		out = next
+	}
+	if n == 0 {
+		return nil
+	}
+	return out
 }
 
 // writeChunked sets value as the session chunks and expires every other

@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -280,5 +282,42 @@ func TestServeHTTPRemovesForgedIdentityHeaders(t *testing.T) {
 				t.Errorf("%s: %s = %q, want %q", tt.name, k, got.Get(k), v)
 			}
 		}
+	}
+}
+
+// TestChunkCandidates: logout's list of the values duplicated chunks could
+// form (never used on the request path).
+func TestChunkCandidates(t *testing.T) {
+	opts := cookieOpts{base: "c", sameSite: http.SameSiteLaxMode}
+	for _, tt := range []struct {
+		cookie string
+		want   []string
+	}{
+		{"c_0=a", []string{"a"}},
+		{"c_0=a; c_0=t", []string{"a", "t"}},
+		{"c_0=a; c_1=b; c_1=x", []string{"ab", "ax"}},
+		{"c_0=a; c_0=a", []string{"a"}},
+		{"c_1=b", nil},                 // a gap
+		{"other=1", nil},               // none of ours
+		{"c_0=a; c_2=b; c_0=t", nil},   // a gap at 1
+		{"c_0=; c_0=a", []string{"a"}}, // empty values are no candidate
+	} {
+		r := httptest.NewRequest("POST", "http://app.example/auth/logout", nil)
+		r.Header.Set("Cookie", tt.cookie)
+		if got := chunkCandidates(r, opts); !slices.Equal(got, tt.want) {
+			t.Errorf("%q: %q, want %q", tt.cookie, got, tt.want)
+		}
+	}
+	// Bounded however many duplicates arrive.
+	r := httptest.NewRequest("POST", "http://app.example/auth/logout", nil)
+	var h []string
+	for i := 0; i < 8; i++ {
+		for j := 0; j < 10; j++ {
+			h = append(h, "c_"+strconv.Itoa(i)+"=v"+strconv.Itoa(j))
+		}
+	}
+	r.Header.Set("Cookie", strings.Join(h, "; "))
+	if got := chunkCandidates(r, opts); len(got) > maxCandidates {
+		t.Fatalf("%d candidates, want at most %d", len(got), maxCandidates)
 	}
 }

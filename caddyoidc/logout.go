@@ -80,13 +80,13 @@ func (o *OIDC) serveLogout(w http.ResponseWriter, r *http.Request, p *provider) 
 		o.writeError(w, r, http.StatusForbidden, "invalid_request", "cross-site logout refused")
 		return
 	}
-	s, err := o.loadSession(r)
+	sessions, err := o.logoutSessions(r)
 	if err != nil {
 		o.logger.Error("logout: loading the session failed", errField(err))
 		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "sessions are unavailable; retry")
 		return
 	}
-	if s != nil {
+	for _, s := range sessions {
 		if err := o.endSession(r.Context(), p, s); err != nil {
 			// The cookie is still cleared below, but a copy would keep
 			// working: say so rather than pretend.
@@ -101,8 +101,9 @@ func (o *OIDC) serveLogout(w http.ResponseWriter, r *http.Request, p *provider) 
 	if o.rt.postLogoutURL != "" {
 		target = o.rt.postLogoutURL
 	}
-	if s != nil {
-		o.logger.Info("logout", zap.String("sub", s.Identity.Subject))
+	if len(sessions) > 0 {
+		s := sessions[0]
+		o.logger.Info("logout", zap.String("sub", s.Identity.Subject), zap.Int("sessions", len(sessions)))
 		if p.meta.EndSessionEndpoint != "" {
 			target = o.endSessionURL(r, p, s)
 		}

@@ -22,6 +22,12 @@ func (o *OIDC) loadSession(r *http.Request) (*session, error) {
 	if raw == "" {
 		return nil, nil
 	}
+	return o.sessionFromCookie(r.Context(), raw)
+}
+
+// sessionFromCookie opens the session a cookie value names; nil when it is
+// invalid, foreign, expired or ended.
+func (o *OIDC) sessionFromCookie(ctx context.Context, raw string) (*session, error) {
 	var s *session
 	if o.Session != "store" {
 		if s, _ = o.rt.sessions.Get(raw, time.Now()); s != nil {
@@ -34,7 +40,7 @@ func (o *OIDC) loadSession(r *http.Request) (*session, error) {
 			return nil, nil // tampered or foreign cookie: treated as no session
 		}
 		if o.Session == "store" {
-			s, err = o.loadStoredCached(r.Context(), string(pt))
+			s, err = o.loadStoredCached(ctx, string(pt))
 			if err != nil || s == nil {
 				return nil, err
 			}
@@ -49,9 +55,31 @@ func (o *OIDC) loadSession(r *http.Request) (*session, error) {
 		return nil, nil
 	}
 	if o.Session != "store" && o.rt.revoked.revoked(s) {
-		return nil, nil // ended by a back-channel logout
+		return nil, nil // ended by a logout or back-channel logout
 	}
 	return s, nil
+}
+
+// logoutSessions are the sessions a logout request names: its session, or
+// when its chunks come twice (a cookie tossed in beside ours), every
+// session one of the possible values opens, so that the real one ends
+// whichever copy it is.
+func (o *OIDC) logoutSessions(r *http.Request) ([]*session, error) {
+	s, err := o.loadSession(r)
+	if err != nil || s != nil {
+		return []*session{s}, err
+	}
+	var out []*session
+	for _, raw := range chunkCandidates(r, o.cookieOpts(r)) {
+		s, err := o.sessionFromCookie(r.Context(), raw)
+		if err != nil {
+			return nil, err
+		}
+		if s != nil {
+			out = append(out, s)
+		}
+	}
+	return out, nil
 }
 
 func (o *OIDC) sessionPurpose() string {
