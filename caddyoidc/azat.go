@@ -72,6 +72,12 @@ func (o *OIDC) refreshGrant(ctx context.Context, p *provider, key, stale string,
 		// token (the provider may have rotated it): it wins over storage.
 		pending := o.rt.pending.get(key)
 		_, err := o.azat.Grants().Update(ctx, key, func(cur *azatauth.Grant) (*azatauth.Grant, error) {
+			if pending != nil && cur != nil && !cur.Usable() {
+				// Ended meanwhile (logout, back-channel logout, invalid_grant,
+				// perhaps on another instance): the grant kept in memory ends too.
+				pending = nil
+				o.rt.pending.forget(key)
+			}
 			if pending != nil {
 				// Tokens from memory, the jti window from storage (mints and
 				// revocations may have happened since).

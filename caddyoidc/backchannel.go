@@ -34,14 +34,16 @@ func sidIndex(iss, sid string) string { return indexPrefix + "sid/" + hashKey(is
 func subIndex(iss, sub string) string { return indexPrefix + "sub/" + hashKey(iss, sub) }
 
 // indexSession records a stored session under its provider sid and its sub.
-func (o *OIDC) indexSession(ctx context.Context, s *session) {
+func (o *OIDC) indexSession(ctx context.Context, s *session) error {
 	entry := hashKey(s.ID)
 	val := []byte(s.ID)
 	sealed := []byte(o.rt.sealer.Seal(val, "session-index"))
 	if s.ProviderSID != "" {
-		_ = o.storage.Store(ctx, sidIndex(s.Identity.Issuer, s.ProviderSID)+"/"+entry, sealed)
+		if err := o.storage.Store(ctx, sidIndex(s.Identity.Issuer, s.ProviderSID)+"/"+entry, sealed); err != nil {
+			return err
+		}
 	}
-	_ = o.storage.Store(ctx, subIndex(s.Identity.Issuer, s.Identity.Subject)+"/"+entry, sealed)
+	return o.storage.Store(ctx, subIndex(s.Identity.Issuer, s.Identity.Subject)+"/"+entry, sealed)
 }
 
 // endIndexed deletes every stored session listed under index.

@@ -25,7 +25,7 @@ func (o *OIDC) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 
 	p := o.rt.disc.get(r.Context())
 	if p == nil {
-		o.logger.Warn("request refused: identity provider not discovered yet", zap.String("uri", r.RequestURI))
+		o.logger.Warn("request refused: identity provider not discovered yet", zap.String("path", printable(r.URL.Path, 200)))
 		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "the identity provider is not reachable yet")
 		return nil
 	}

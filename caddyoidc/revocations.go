@@ -44,18 +44,22 @@ func (r revocation) atMs() int64 {
 	return r.At*1000 + 999
 }
 
+// subRevocation ends a user's sessions created up to atMs; it matters
+// until every such session has expired.
+type subRevocation struct{ atMs, until int64 }
+
 // revocations is the in-memory copy of the stored revocations.
 type revocations struct {
 	mu    sync.RWMutex
 	ids   map[string]int64 // key -> until
 	sids  map[string]int64 // key -> until
-	subs  map[string]int64 // key -> at (ms)
+	subs  map[string]subRevocation
 	known map[string]int64 // storage key -> until: records already loaded
 }
 
 func (rv *revocations) addLocked(r revocation) {
 	if rv.ids == nil {
-		rv.ids, rv.sids, rv.subs, rv.known = map[string]int64{}, map[string]int64{}, map[string]int64{}, map[string]int64{}
+		rv.ids, rv.sids, rv.subs, rv.known = map[string]int64{}, map[string]int64{}, map[string]subRevocation{}, map[string]int64{}
 	}
 	switch r.Kind {
 	case "id":
@@ -63,9 +67,8 @@ func (rv *revocations) addLocked(r revocation) {
 	case "sid":
 		rv.sids[r.Key] = r.Until
 	case "sub":
-		if at := r.atMs(); at > rv.subs[r.Key] {
-			rv.subs[r.Key] = at
-		}
+		cur := rv.subs[r.Key]
+		rv.subs[r.Key] = subRevocation{atMs: max(cur.atMs, r.atMs()), until: max(cur.until, r.Until)}
 	}
 	rv.known[r.storageKey()] = r.Until
 }
@@ -96,8 +99,8 @@ func (rv *revocations) revoked(s *session) bool {
 			return true
 		}
 	}
-	at, ok := rv.subs[keys[2]]
-	return ok && s.createdMs() <= at
+	sub, ok := rv.subs[keys[2]]
+	return ok && s.createdMs() <= sub.atMs
 }
 
 // loadRevocations reads the revocations stored since the last call and
@@ -156,6 +159,11 @@ func (o *OIDC) loadRevocations(ctx context.Context) error {
 			if until < now {
 				delete(m, k)
 			}
+		}
+	}
+	for k, sub := range rv.subs {
+		if sub.until < now {
+			delete(rv.subs, k)
 		}
 	}
 	return nil

@@ -34,7 +34,9 @@ func TestSweepDeletesExpired(t *testing.T) {
 		if err := o.storeSession(ctx, s); err != nil {
 			t.Fatal(err)
 		}
-		o.indexSession(ctx, s)
+		if err := o.indexSession(ctx, s); err != nil {
+			t.Fatal(err)
+		}
 		return s
 	}
 	old, live := mk(now.Add(-2*time.Hour), "old"), mk(now, "live")
