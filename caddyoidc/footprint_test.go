@@ -183,7 +183,7 @@ func BenchmarkFootprintRAM(b *testing.B) {
 		var cookieBytes int
 		for i := range n {
 			w := httptest.NewRecorder()
-			if err := o.saveSession(w, httptest.NewRequest("GET", "https://app.example/", nil), newSession(i)); err != nil {
+			if err := o.createSession(w, httptest.NewRequest("GET", "https://app.example/", nil), newSession(i)); err != nil {
 				b.Fatal(err)
 			}
 			var parts []string

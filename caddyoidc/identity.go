@@ -33,6 +33,16 @@ type identity struct {
 // roles claim; extra, when its roles path holds values and claims' doesn't, is
 // a second source for roles (the access token's claims).
 func newIdentity(claims map[string]any, rolesPath []string, extra map[string]any) *identity {
+	roles := claimStrings(lookupClaim(claims, rolesPath))
+	if len(roles) == 0 && extra != nil {
+		roles = claimStrings(lookupClaim(extra, rolesPath))
+	}
+	return identityFromClaims(claims, roles)
+}
+
+// identityFromClaims builds an identity from verified claims and the roles
+// found for it.
+func identityFromClaims(claims map[string]any, roles []string) *identity {
 	id := &identity{
 		Issuer:            claimString(claims, "iss"),
 		Subject:           claimString(claims, "sub"),
@@ -40,17 +50,18 @@ func newIdentity(claims map[string]any, rolesPath []string, extra map[string]any
 		Name:              claimString(claims, "name"),
 		PreferredUsername: claimString(claims, "preferred_username"),
 		Claims:            claims,
-	}
-	if azp := claimString(claims, "azp"); azp != "" {
-		id.ClientID = azp
-	} else {
-		id.ClientID = claimString(claims, "client_id")
-	}
-	id.Roles = claimStrings(lookupClaim(claims, rolesPath))
-	if len(id.Roles) == 0 && extra != nil {
-		id.Roles = claimStrings(lookupClaim(extra, rolesPath))
+		Roles:             roles,
+		ClientID:          claimClientID(claims),
 	}
 	return id
+}
+
+// claimClientID is the client a token was issued to: azp, else client_id.
+func claimClientID(claims map[string]any) string {
+	if azp := claimString(claims, "azp"); azp != "" {
+		return azp
+	}
+	return claimString(claims, "client_id")
 }
 
 func claimString(m map[string]any, k string) string {

@@ -2,8 +2,10 @@ package caddyoidc
 
 import (
 	"encoding/json"
-	"github.com/caddy-oidc/caddy-oidc/internal/seal"
+	"reflect"
 	"time"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/seal"
 )
 
 // session is what a login leaves behind: the provider's tokens and the
@@ -21,7 +23,7 @@ type session struct {
 	Expiry       int64     `json:"exp,omitempty"` // access token expiry, unix seconds; 0: unknown
 	Created      int64     `json:"iat"`           // login time, unix seconds
 	CreatedMs    int64     `json:"cms,omitempty"` // login time, unix milliseconds
-	Identity     *identity `json:"id"`
+	Identity     *identity `json:"-"`             // sealed as sealedSession says
 	// GrantKey, when set, means the refresh token lives in the AZAT grant
 	// store (one refresh token per user, shared by sessions and AZATs) and
 	// refreshes go through the grant.
@@ -90,15 +92,88 @@ func sessionRevocationKeys(s *session) [3]string {
 	return k
 }
 
+// sealedSession is a session as sealed in its cookie or record. The
+// identity is not written out when the session has an ID token: its claims
+// are the ID token's (verified at login or refresh) plus Extra, the claims
+// that came from elsewhere (userinfo) or differ, and its roles are Roles
+// (they may come from the access token). Sessions without an ID token, and
+// those an earlier version wrote, carry the whole identity in "id".
+type sealedSession struct {
+	*sessionFields
+	Identity *identity      `json:"id,omitempty"`
+	Roles    []string       `json:"r,omitempty"`
+	Extra    map[string]any `json:"x,omitempty"`
+}
+
+// sessionFields is session without its methods, for JSON.
+type sessionFields session
+
 func encodeSession(s *session) []byte {
-	b, _ := json.Marshal(s)
+	w := sealedSession{sessionFields: (*sessionFields)(s)}
+	if extra, ok := compactIdentity(s); ok {
+		w.Roles, w.Extra = s.Identity.Roles, extra
+	} else {
+		w.Identity = s.Identity
+	}
+	b, _ := json.Marshal(w)
 	return b
+}
+
+// compactIdentity returns the claims of s's identity that its ID token does
+// not hold, and whether the identity is exactly what the ID token and those
+// claims rebuild (else it is sealed whole: nothing a request needs is lost).
+func compactIdentity(s *session) (map[string]any, bool) {
+	if s.Identity == nil || s.IDToken == "" {
+		return nil, false
+	}
+	base := unverifiedClaims(s.IDToken)
+	if base == nil {
+		return nil, false
+	}
+	var extra map[string]any
+	for k, v := range s.Identity.Claims {
+		if bv, ok := base[k]; !ok || !reflect.DeepEqual(bv, v) {
+			if extra == nil {
+				extra = map[string]any{}
+			}
+			extra[k] = v
+		}
+	}
+	for k := range base {
+		if _, ok := s.Identity.Claims[k]; !ok {
+			return nil, false // a claim the identity dropped
+		}
+	}
+	rebuilt := identityFromClaims(mergeClaims(base, extra), s.Identity.Roles)
+	id := s.Identity
+	if rebuilt.Issuer != id.Issuer || rebuilt.Subject != id.Subject || rebuilt.Email != id.Email ||
+		rebuilt.Name != id.Name || rebuilt.PreferredUsername != id.PreferredUsername || rebuilt.ClientID != id.ClientID {
+		return nil, false
+	}
+	return extra, true
+}
+
+// mergeClaims is base with extra's claims added (extra wins).
+func mergeClaims(base, extra map[string]any) map[string]any {
+	for k, v := range extra {
+		base[k] = v
+	}
+	return base
 }
 
 func decodeSession(b []byte) (*session, error) {
 	var s session
-	if err := json.Unmarshal(b, &s); err != nil {
+	w := sealedSession{sessionFields: (*sessionFields)(&s)}
+	if err := json.Unmarshal(b, &w); err != nil {
 		return nil, err
+	}
+	s.Identity = w.Identity
+	if s.Identity != nil {
+		s.Identity.ClientID = claimClientID(s.Identity.Claims) // not sealed
+	} else if s.IDToken != "" {
+		if base := unverifiedClaims(s.IDToken); base != nil {
+			s.Identity = identityFromClaims(mergeClaims(base, w.Extra), w.Roles)
+		}
 	}
 	if s.ID == "" || s.Identity == nil || s.Identity.Subject == "" {
 		return nil, seal.ErrInvalid
