@@ -9,6 +9,8 @@ import (
 
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+
+	"github.com/caddy-oidc/caddy-oidc/azatauth"
 )
 
 // TestDeviceRateLimits: one IP gets its burst of 10 then slow_down with the
@@ -156,5 +158,45 @@ func TestDeviceSweep(t *testing.T) {
 		if got := st.Exists(ctx, key); got != want {
 			t.Errorf("%s exists %v, want %v", key, got, want)
 		}
+	}
+}
+
+// TestApprovalStands: an approval mints only for a usable grant whose
+// MinJTI is the one recorded at approval (no revocation since); a record
+// without one (older version) never does.
+func TestApprovalStands(t *testing.T) {
+	g := &azatauth.Grant{Key: "op#alice", RefreshToken: "rt", MinJTI: 100, MaxJTI: 105}
+	for _, tt := range []struct {
+		name string
+		rec  deviceRecord
+		g    *azatauth.Grant
+		want bool
+	}{
+		{"unchanged", deviceRecord{MinJTI: 100}, g, true},
+		{"revoked since", deviceRecord{MinJTI: 99}, g, false},
+		{"no recorded window", deviceRecord{}, g, false},
+		{"tombstone", deviceRecord{MinJTI: 100}, &azatauth.Grant{Key: "op#alice", MinJTI: 100, MaxJTI: 100}, false},
+		{"no grant", deviceRecord{MinJTI: 100}, nil, false},
+	} {
+		if got := approvalStands(&tt.rec, tt.g); got != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// TestCodeTriesLinks: link misses have their own budget: spending it
+// does not exhaust the wrong-code budget, and both leave the window.
+func TestCodeTriesLinks(t *testing.T) {
+	now := time.Unix(2_000_000, 0)
+	var c codeTries
+	for range maxUserCodeTries {
+		c.Links = append(c.Links, now.Add(-time.Minute).UnixMilli())
+	}
+	if out, _ := c.exhausted(now); out || !c.linksSpent() {
+		t.Fatalf("links spent: exhausted %v, linksSpent %v", out, c.linksSpent())
+	}
+	c.prune(now.Add(userCodeTryWindow))
+	if c.linksSpent() || len(c.Links) != 0 {
+		t.Fatalf("after the window: %d link misses", len(c.Links))
 	}
 }
