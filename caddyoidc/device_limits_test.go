@@ -3,6 +3,7 @@ package caddyoidc
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -198,5 +199,48 @@ func TestCodeTriesLinks(t *testing.T) {
 	c.prune(now.Add(userCodeTryWindow))
 	if c.linksSpent() || len(c.Links) != 0 {
 		t.Fatalf("after the window: %d link misses", len(c.Links))
+	}
+}
+
+// TestDeviceSweepsReachPastFirstBatch: live entries that sort first do not
+// pin the user-code and wrong-code sweeps to the first deviceSweepBatch
+// listed keys (the session sweep's red-team shape): an orphaned user code
+// and a spent counter listed after more than a batch of live ones are
+// deleted within two sweeps, and the live ones are kept.
+func TestDeviceSweepsReachPastFirstBatch(t *testing.T) {
+	ctx := context.Background()
+	st := &certmagic.FileStorage{Path: t.TempDir()}
+	o := &OIDC{storage: st, logger: zap.NewNop(), rt: &runtime{root: "caddy-oidc/"}}
+	now := time.Now()
+	if err := o.storeDevice(ctx, "live", &deviceRecord{UserCode: "BBBBBBBB", Expires: now.Add(time.Minute).Unix(), Status: "pending"}); err != nil {
+		t.Fatal(err)
+	}
+	fresh, _ := json.Marshal(codeTries{Times: []int64{now.UnixMilli()}})
+	spent, _ := json.Marshal(codeTries{Links: []int64{now.Add(-time.Hour).UnixMilli()}})
+	live := deviceSweepBatch + 50
+	for i := range live {
+		// User codes BB..B<x><y> and counters 0...0<hex>: all sort before
+		// the orphan ZZZZZZZZ and the spent counter f...f.
+		uc := "BBBBBB" + string(userCodeAlphabet[i/len(userCodeAlphabet)]) + string(userCodeAlphabet[i%len(userCodeAlphabet)])
+		_ = st.Store(ctx, o.userCodeKey(uc), []byte(o.deviceKey("live")))
+		_ = st.Store(ctx, o.key("device/tries/"+fmt.Sprintf("%064x", i)), fresh)
+	}
+	_ = st.Store(ctx, o.userCodeKey("ZZZZZZZZ"), []byte(o.deviceKey("gone")))
+	spentKey := o.key("device/tries/" + strings.Repeat("f", 64))
+	_ = st.Store(ctx, spentKey, spent)
+	for range 2 {
+		o.sweepUserCodes(ctx)
+		o.sweepCodeTries(ctx)
+	}
+	if st.Exists(ctx, o.userCodeKey("ZZZZZZZZ")) {
+		t.Error("an orphaned user code listed after a batch of live ones survives the sweeps")
+	}
+	if st.Exists(ctx, spentKey) {
+		t.Error("a spent wrong-code counter listed after a batch of live ones survives the sweeps")
+	}
+	users, _ := st.List(ctx, o.key("device/user"), false)
+	tries, _ := st.List(ctx, o.key("device/tries"), false)
+	if len(users) != live || len(tries) != live {
+		t.Fatalf("live entries deleted: %d user codes, %d counters, want %d", len(users), len(tries), live)
 	}
 }

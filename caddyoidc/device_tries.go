@@ -110,18 +110,16 @@ func (o *OIDC) addTry(ctx context.Context, key string, c *codeTries, now time.Ti
 	return o.storage.Store(ctx, key, b)
 }
 
-// sweepCodeTries deletes at most deviceSweepBatch counters whose tries
-// have all left the window.
+// sweepCodeTries examines at most deviceSweepBatch counters, starting
+// where the previous sweep stopped, and deletes those whose tries have all
+// left the window.
 func (o *OIDC) sweepCodeTries(ctx context.Context) {
 	keys, err := o.storage.List(ctx, o.key("device/tries"), false)
 	if err != nil {
 		return
 	}
 	now := time.Now()
-	for i, k := range keys {
-		if i >= deviceSweepBatch {
-			return
-		}
+	for _, k := range o.rt.device.tries.window(keys, deviceSweepBatch) {
 		if !isDeviceCodeKey(k) || o.storage.Lock(ctx, k+".lock") != nil {
 			continue
 		}
