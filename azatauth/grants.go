@@ -31,11 +31,14 @@ type Grant struct {
 	IDToken      string `json:"it,omitempty"`
 	// Claims are the identity claims captured at login.
 	Claims map[string]any `json:"claims,omitempty"`
-	// Tokens with MinJTI <= jti < MaxJTI are valid. Revocation sets MinJTI
-	// to MaxJTI; the counters survive deletion of the tokens (the record is
-	// kept as a tombstone), and a record created from scratch starts at the
-	// current time in microseconds, so recreating a grant never revives old
-	// tokens.
+	// Tokens with MinJTI <= jti < MaxJTI are valid. Revocation burns one
+	// jti (MinJTI = MaxJTI + 1, MaxJTI = MinJTI), so MinJTI grows with every
+	// revocation, also when no token was minted since the previous one: a
+	// recorded MinJTI (a device approval's) tells whether a revocation
+	// happened since. A login keeps the window; the counters survive
+	// deletion of the tokens (the record is kept as a tombstone), and a
+	// record created from scratch starts at the current time in
+	// microseconds, so recreating a grant never revives old tokens.
 	MinJTI  uint64 `json:"min_jti"`
 	MaxJTI  uint64 `json:"max_jti"`
 	Updated int64  `json:"updated"`
@@ -226,28 +229,51 @@ func (s *GrantStore) NextJTI(ctx context.Context, key string) (uint64, *Grant, e
 	return jti, g, err
 }
 
-// Revoke invalidates every token minted so far for key.
+// revokeWindow moves g's window past every jti minted so far, burning one
+// jti so that MinJTI always grows.
+func (g *Grant) revokeWindow() {
+	g.MinJTI = g.MaxJTI + 1
+	g.MaxJTI = g.MinJTI
+}
+
+// Tombstone is g with its provider tokens dropped and every AZAT revoked
+// (window moved as by Revoke): what Forget stores.
+func (g *Grant) Tombstone() *Grant {
+	t := &Grant{Key: g.Key, MinJTI: g.MinJTI, MaxJTI: g.MaxJTI}
+	t.revokeWindow()
+	return t
+}
+
+// Revoke invalidates every token minted so far for key, and moves MinJTI
+// even when none was.
 func (s *GrantStore) Revoke(ctx context.Context, key string) error {
 	_, err := s.Update(ctx, key, func(cur *Grant) (*Grant, error) {
 		if cur == nil {
 			return nil, nil
 		}
-		cur.MinJTI = cur.MaxJTI
+		cur.revokeWindow()
 		return cur, nil
 	})
 	return err
 }
 
-// Forget drops the provider tokens (invalid_grant) and revokes every AZAT,
-// keeping a tombstone with the jti window.
+// Forget drops the provider tokens (logout, invalid_grant) and revokes every
+// AZAT, keeping a tombstone with the moved jti window.
 func (s *GrantStore) Forget(ctx context.Context, key string) error {
 	_, err := s.Update(ctx, key, func(cur *Grant) (*Grant, error) {
 		if cur == nil {
 			return nil, nil
 		}
-		return &Grant{Key: key, MinJTI: cur.MaxJTI, MaxJTI: cur.MaxJTI}, nil
+		return cur.Tombstone(), nil
 	})
 	return err
+}
+
+// LoadFresh reads the grant from storage, never from the cache: for checks
+// that must see a revocation made by another instance at once. (nil, nil)
+// when there is none; the result is the caller's.
+func (s *GrantStore) LoadFresh(ctx context.Context, key string) (*Grant, error) {
+	return s.load(ctx, key)
 }
 
 // ErrNoGrant means the user has no stored refresh token.

@@ -100,3 +100,67 @@ func TestGrantStoreWrongSecret(t *testing.T) {
 		t.Fatal("grant record accepted under another key")
 	}
 }
+
+// TestGrantRevocationAlwaysMovesWindow: every revocation (Revoke, Forget)
+// moves MinJTI, also when no token was minted since the last one, and a new
+// login keeps the moved window; so a MinJTI recorded earlier (a device
+// approval) tells that a revocation happened since. Minting does not move it.
+func TestGrantRevocationAlwaysMovesWindow(t *testing.T) {
+	ctx := context.Background()
+	gs, _ := newTestStore(t)
+	const key = "https://op#alice"
+	if err := gs.Put(ctx, &Grant{Key: key, RefreshToken: "rt1"}); err != nil {
+		t.Fatal(err)
+	}
+	minOf := func() uint64 {
+		t.Helper()
+		g, err := gs.LoadFresh(ctx, key)
+		if err != nil || g == nil {
+			t.Fatalf("load: %v %v", g, err)
+		}
+		if g.MinJTI > g.MaxJTI {
+			t.Fatalf("window inverted: %d..%d", g.MinJTI, g.MaxJTI)
+		}
+		return g.MinJTI
+	}
+	m0 := minOf()
+	if _, _, err := gs.NextJTI(ctx, key); err != nil || minOf() != m0 {
+		t.Fatalf("a mint moved MinJTI (or failed: %v)", err)
+	}
+	if err := gs.Put(ctx, &Grant{Key: key, RefreshToken: "rt2"}); err != nil || minOf() != m0 {
+		t.Fatalf("a login moved MinJTI (or failed: %v)", err)
+	}
+	steps := []struct {
+		name string
+		do   func() error
+	}{
+		{"revoke after a mint", func() error { return gs.Revoke(ctx, key) }},
+		{"revoke with nothing minted", func() error { return gs.Revoke(ctx, key) }},
+		{"forget with nothing minted", func() error { return gs.Forget(ctx, key) }},
+		{"forget of a tombstone", func() error { return gs.Forget(ctx, key) }},
+	}
+	prev := m0
+	for _, st := range steps {
+		if err := st.do(); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		m := minOf()
+		if m <= prev {
+			t.Fatalf("%s: MinJTI %d, was %d: the window did not move", st.name, m, prev)
+		}
+		prev = m
+	}
+	// Logging in again after the revocations keeps the moved window, and
+	// a token minted now is valid.
+	if err := gs.Put(ctx, &Grant{Key: key, RefreshToken: "rt3"}); err != nil || minOf() != prev {
+		t.Fatalf("re-login changed MinJTI (or failed: %v)", err)
+	}
+	jti, g, err := gs.NextJTI(ctx, key)
+	if err != nil || !g.JTIValid(jti) || jti < prev {
+		t.Fatalf("mint after re-login: jti %d, window %d..%d, %v", jti, g.MinJTI, g.MaxJTI, err)
+	}
+	// A tombstone is not usable and holds no provider token.
+	if tb := g.Tombstone(); tb.Usable() || tb.AccessToken != "" || tb.MinJTI <= jti || tb.Key != key {
+		t.Fatalf("tombstone %+v", tb)
+	}
+}

@@ -105,7 +105,7 @@ func (o *OIDC) refreshGrant(ctx context.Context, p *provider, key, stale string,
 			ns, err := o.refreshAtIdP(ctx, p, grantSession(cur))
 			if errors.Is(err, errGrantGone) {
 				gone = true
-				return &azatauth.Grant{Key: key, MinJTI: cur.MaxJTI, MaxJTI: cur.MaxJTI}, nil
+				return cur.Tombstone(), nil // revokes every AZAT and ends pending device approvals
 			}
 			if err != nil {
 				return nil, err

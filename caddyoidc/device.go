@@ -48,6 +48,36 @@ type deviceRecord struct {
 	LastPoll  int64  `json:"last_poll_ms"`
 	Status    string `json:"status"` // pending, approved, denied
 	GrantKey  string `json:"grant_key,omitempty"`
+	// MinJTI is the grant's MinJTI when the user approved: every revocation
+	// of the grant moves it, and a poll mints only while it is unchanged.
+	MinJTI uint64 `json:"min_jti,omitempty"`
+}
+
+// approvalStands tells whether an approved record may still mint for g:
+// the grant is usable and no revocation (which moves MinJTI) happened since
+// the approval. A record without MinJTI (approved by an older version)
+// never stands.
+func approvalStands(rec *deviceRecord, g *azatauth.Grant) bool {
+	return g.Usable() && rec.MinJTI != 0 && g.MinJTI == rec.MinJTI
+}
+
+// errApprovalWithdrawn: the grant was revoked since the approval.
+var errApprovalWithdrawn = errors.New("the approval was withdrawn by a revocation or logout since")
+
+// checkApproval reads the grant from storage (not the cache: a revocation
+// at another instance counts at once) and tells whether rec still stands:
+// nil, errApprovalWithdrawn, azatauth.ErrNoGrant, or a storage error.
+func (o *OIDC) checkApproval(ctx context.Context, rec *deviceRecord) error {
+	g, err := o.azat.Grants().LoadFresh(ctx, rec.GrantKey)
+	switch {
+	case err != nil:
+		return err
+	case !g.Usable():
+		return azatauth.ErrNoGrant
+	case !approvalStands(rec, g):
+		return errApprovalWithdrawn
+	}
+	return nil
 }
 
 func (o *OIDC) deviceKey(deviceCode string) string {
@@ -258,15 +288,34 @@ func (o *OIDC) serveDeviceToken(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusBadRequest, "access_denied", "the user denied the request")
 		return
 	case "approved":
-		m, err := o.azat.MintFor(ctx, rec.GrantKey, origin(r), o.azat.DeviceLifetime())
+		// The approval holds only while the grant was not revoked since:
+		// checked before minting (no jti spent in vain) and again after
+		// it, since a revocation may land in between (NextJTI would then
+		// hand out a jti of the new window). The token is returned only
+		// when both checks pass.
+		err := o.checkApproval(ctx, rec)
+		var m *azatauth.Minted
+		if err == nil {
+			m, err = o.azat.MintFor(ctx, rec.GrantKey, origin(r), o.azat.DeviceLifetime())
+		}
+		if err == nil {
+			err = o.checkApproval(ctx, rec)
+		}
 		if err != nil {
-			o.logger.Warn("device token: mint failed", errField(err))
-			if errors.Is(err, azatauth.ErrNoGrant) {
+			switch {
+			case errors.Is(err, errApprovalWithdrawn):
 				o.deleteDevice(ctx, key, rec)
+				o.logger.Warn("device token refused: the user revoked their tokens or logged out after approving",
+					zap.String("sub", rec.GrantKey), zap.String("client", rec.Client))
+				fail(http.StatusBadRequest, "access_denied", "the approval was withdrawn: the user revoked their tokens or logged out since; start again")
+			case errors.Is(err, azatauth.ErrNoGrant):
+				o.deleteDevice(ctx, key, rec)
+				o.logger.Warn("device token refused: no stored grant", zap.String("sub", rec.GrantKey), zap.String("client", rec.Client))
 				fail(http.StatusBadRequest, "access_denied", "no stored login with offline access for this user")
-				return
+			default:
+				o.logger.Warn("device token: mint failed", errField(err))
+				fail(http.StatusServiceUnavailable, "temporarily_unavailable", "")
 			}
-			fail(http.StatusServiceUnavailable, "temporarily_unavailable", "")
 			return
 		}
 		o.deleteDevice(ctx, key, rec) // single use

@@ -90,6 +90,19 @@ func postDevice(t *testing.T, c *http.Client, site string, form url.Values) (int
 	return resp.StatusCode, body(t, resp)
 }
 
+// lookupCode types code into the lookup form of the logged-in browser c
+// (GET the form for its CSRF token, POST action=lookup, same origin): the
+// path that spends the user's wrong-code budget.
+func lookupCode(t *testing.T, c *http.Client, site, code string) (int, string) {
+	t.Helper()
+	page := body(t, get(t, c, site+"/auth/device", navigate...))
+	m := csrfRe.FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("no csrf token on the lookup form: %s", page)
+	}
+	return postDevice(t, c, site, url.Values{"user_code": {code}, "csrf": {htmlUnescape(m[1])}, "action": {"lookup"}})
+}
+
 // recordStatus is the stored status of a device code.
 func recordStatus(t *testing.T, storage, deviceCode string) string {
 	t.Helper()
@@ -457,7 +470,7 @@ func TestDeviceWrongCodeLimitPerUser(t *testing.T) {
 		}
 	}
 	for i := range 10 {
-		if s := get(t, c, site.URL+"/auth/device?user_code=ZZZZ-ZZZZ", navigate...).StatusCode; s != 400 {
+		if s, _ := lookupCode(t, c, site.URL, "ZZZZ-ZZZZ"); s != 400 {
 			t.Fatalf("wrong code %d: %d", i+1, s)
 		}
 	}
@@ -573,4 +586,58 @@ func deviceFile(t *testing.T, storage, deviceCode string) string {
 		t.Fatalf("no stored record for device code %.8s...", deviceCode)
 	}
 	return found
+}
+
+// TestDeviceLinkMissesBounded: links (GET ?user_code=, which any site can
+// make the browser open) that miss are no unbounded oracle for pending
+// codes, and another site spending their budget neither locks the user out
+// nor turns a link into a click-through approval: after 10 misses a link
+// shows the lookup form with the code filled in (not the request),
+// Continue shows the request with an empty confirmation field, Approve
+// without typing is refused, typing the device's code approves. The POST
+// budget is not spent by the links: a typed wrong code is 400, not 429.
+func TestDeviceLinkMissesBounded(t *testing.T) {
+	op := startOP(t, testop.Options{})
+	up := newUpstream(t)
+	site := startCaddy(t, oidcBlock(op, "azat"), up, "")
+	c := browser()
+	login(t, c, op, site.URL, "/")
+	d := startDevice(t, site.URL)
+	for i := range 10 {
+		resp := get(t, c, site.URL+"/auth/device?user_code=ZZZZ-ZZZZ", "Accept", "text/html",
+			"Sec-Fetch-Mode", "navigate", "Sec-Fetch-Site", "cross-site")
+		if page := body(t, resp); resp.StatusCode != 400 || !strings.Contains(page, "Unknown or expired code") {
+			t.Fatalf("link miss %d: %d %s", i+1, resp.StatusCode, page)
+		}
+	}
+	resp := get(t, c, site.URL+"/auth/device?user_code="+url.QueryEscape(d.UserCode), navigate...)
+	page := body(t, resp)
+	if resp.StatusCode != 200 || strings.Contains(page, "test-cli") || !strings.Contains(page, `name="from_link" value="1"`) ||
+		!strings.Contains(page, `id="user_code" value="`+d.UserCode+`"`) {
+		t.Fatalf("link after 10 misses: %d %s", resp.StatusCode, page)
+	}
+	m := csrfRe.FindStringSubmatch(page)
+	s, page := postDevice(t, c, site.URL, url.Values{"user_code": {d.UserCode}, "csrf": {htmlUnescape(m[1])},
+		"action": {"lookup"}, "from_link": {"1"}})
+	if s != 200 || !strings.Contains(page, "test-cli") || !strings.Contains(page, `id="confirm_code" value=""`) {
+		t.Fatalf("continue from a link: %d %s", s, page)
+	}
+	csrf := htmlUnescape(csrfRe.FindStringSubmatch(page)[1])
+	if s, page := postDevice(t, c, site.URL, url.Values{"user_code": {d.UserCode}, "csrf": {csrf},
+		"action": {"approve"}, "confirm_code": {""}}); s != 400 || !strings.Contains(page, "not this request&#39;s code") {
+		t.Fatalf("approve without typing: %d %s", s, page)
+	}
+	if recordStatus(t, site.Storage, d.DeviceCode) != "pending" {
+		t.Fatal("approved without the typed code")
+	}
+	if s, _ := postDevice(t, c, site.URL, url.Values{"user_code": {d.UserCode}, "csrf": {csrf},
+		"action": {"approve"}, "confirm_code": {d.UserCode}}); s != 200 {
+		t.Fatalf("approve with the typed code: %d", s)
+	}
+	if recordStatus(t, site.Storage, d.DeviceCode) != "approved" {
+		t.Fatal("not approved")
+	}
+	if s, _ := lookupCode(t, c, site.URL, "ZZZZ-ZZZZ"); s != 400 {
+		t.Fatalf("typed wrong code after 10 link misses: %d, want 400", s)
+	}
 }

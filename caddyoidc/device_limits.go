@@ -69,12 +69,14 @@ func (b *tokenBucket) wait(burst float64) time.Duration {
 }
 
 // deviceLimits holds the in-memory rate limits of POST <routes>/device/code
-// and the background sweep's position.
+// and the background sweeps' positions in their listings.
 type deviceLimits struct {
 	mu     sync.Mutex
 	perIP  map[string]*tokenBucket
 	global tokenBucket
-	cursor int // where the next sweep starts in the listing
+	// codes, users and tries are where the next sweep of device/code,
+	// device/user and device/tries starts.
+	codes, users, tries listCursor
 }
 
 // deviceRefusal is why a device authorization request is refused (429).
@@ -207,18 +209,10 @@ func (o *OIDC) pendingRoom(ctx context.Context) (bool, error) {
 // the previous sweep stopped, and deletes the expired ones (with their user
 // code). It returns how many it deleted.
 func (o *OIDC) sweepDeviceCodes(ctx context.Context, keys []string) int {
-	if len(keys) == 0 {
-		return 0
-	}
-	l := &o.rt.device
-	l.mu.Lock()
-	start := l.cursor % len(keys)
-	l.cursor = start + min(deviceSweepBatch, len(keys))
-	l.mu.Unlock()
+	batch := o.rt.device.codes.window(keys, deviceSweepBatch)
 	now := time.Now().Unix()
 	deleted := 0
-	for i := range min(deviceSweepBatch, len(keys)) {
-		k := keys[(start+i)%len(keys)]
+	for _, k := range batch {
 		rec, err := o.loadDevice(ctx, k)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // used or collected meanwhile
@@ -232,7 +226,7 @@ func (o *OIDC) sweepDeviceCodes(ctx context.Context, keys []string) int {
 		}
 	}
 	if deleted > 0 {
-		o.logger.Debug("device flow: expired records deleted", zap.Int("deleted", deleted), zap.Int("examined", min(deviceSweepBatch, len(keys))))
+		o.logger.Debug("device flow: expired records deleted", zap.Int("deleted", deleted), zap.Int("examined", len(batch)))
 	}
 	return deleted
 }
@@ -259,18 +253,16 @@ func (o *OIDC) sweepDevices(ctx context.Context) {
 	}
 }
 
-// sweepUserCodes deletes at most deviceSweepBatch user-code records whose
-// device record is gone (left by a failed delete). A user code is stored
-// after its device record, so a live one is never taken for an orphan.
+// sweepUserCodes examines at most deviceSweepBatch user-code records,
+// starting where the previous sweep stopped, and deletes those whose device
+// record is gone (left by a failed delete). A user code is stored after its
+// device record, so a live one is never taken for an orphan.
 func (o *OIDC) sweepUserCodes(ctx context.Context) {
 	keys, err := o.storage.List(ctx, o.key("device/user"), false)
 	if err != nil {
 		return
 	}
-	for i, k := range keys {
-		if i >= deviceSweepBatch {
-			return
-		}
+	for _, k := range o.rt.device.users.window(keys, deviceSweepBatch) {
 		if normalizeUserCode(path.Base(k)) == "" {
 			continue
 		}

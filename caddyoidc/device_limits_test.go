@@ -3,12 +3,15 @@ package caddyoidc
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+
+	"github.com/caddy-oidc/caddy-oidc/azatauth"
 )
 
 // TestDeviceRateLimits: one IP gets its burst of 10 then slow_down with the
@@ -156,5 +159,88 @@ func TestDeviceSweep(t *testing.T) {
 		if got := st.Exists(ctx, key); got != want {
 			t.Errorf("%s exists %v, want %v", key, got, want)
 		}
+	}
+}
+
+// TestApprovalStands: an approval mints only for a usable grant whose
+// MinJTI is the one recorded at approval (no revocation since); a record
+// without one (older version) never does.
+func TestApprovalStands(t *testing.T) {
+	g := &azatauth.Grant{Key: "op#alice", RefreshToken: "rt", MinJTI: 100, MaxJTI: 105}
+	for _, tt := range []struct {
+		name string
+		rec  deviceRecord
+		g    *azatauth.Grant
+		want bool
+	}{
+		{"unchanged", deviceRecord{MinJTI: 100}, g, true},
+		{"revoked since", deviceRecord{MinJTI: 99}, g, false},
+		{"no recorded window", deviceRecord{}, g, false},
+		{"tombstone", deviceRecord{MinJTI: 100}, &azatauth.Grant{Key: "op#alice", MinJTI: 100, MaxJTI: 100}, false},
+		{"no grant", deviceRecord{MinJTI: 100}, nil, false},
+	} {
+		if got := approvalStands(&tt.rec, tt.g); got != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// TestCodeTriesLinks: link misses have their own budget: spending it
+// does not exhaust the wrong-code budget, and both leave the window.
+func TestCodeTriesLinks(t *testing.T) {
+	now := time.Unix(2_000_000, 0)
+	var c codeTries
+	for range maxUserCodeTries {
+		c.Links = append(c.Links, now.Add(-time.Minute).UnixMilli())
+	}
+	if out, _ := c.exhausted(now); out || !c.linksSpent() {
+		t.Fatalf("links spent: exhausted %v, linksSpent %v", out, c.linksSpent())
+	}
+	c.prune(now.Add(userCodeTryWindow))
+	if c.linksSpent() || len(c.Links) != 0 {
+		t.Fatalf("after the window: %d link misses", len(c.Links))
+	}
+}
+
+// TestDeviceSweepsReachPastFirstBatch: live entries that sort first do not
+// pin the user-code and wrong-code sweeps to the first deviceSweepBatch
+// listed keys (the session sweep's red-team shape): an orphaned user code
+// and a spent counter listed after more than a batch of live ones are
+// deleted within two sweeps, and the live ones are kept.
+func TestDeviceSweepsReachPastFirstBatch(t *testing.T) {
+	ctx := context.Background()
+	st := &certmagic.FileStorage{Path: t.TempDir()}
+	o := &OIDC{storage: st, logger: zap.NewNop(), rt: &runtime{root: "caddy-oidc/"}}
+	now := time.Now()
+	if err := o.storeDevice(ctx, "live", &deviceRecord{UserCode: "BBBBBBBB", Expires: now.Add(time.Minute).Unix(), Status: "pending"}); err != nil {
+		t.Fatal(err)
+	}
+	fresh, _ := json.Marshal(codeTries{Times: []int64{now.UnixMilli()}})
+	spent, _ := json.Marshal(codeTries{Links: []int64{now.Add(-time.Hour).UnixMilli()}})
+	live := deviceSweepBatch + 50
+	for i := range live {
+		// User codes BB..B<x><y> and counters 0...0<hex>: all sort before
+		// the orphan ZZZZZZZZ and the spent counter f...f.
+		uc := "BBBBBB" + string(userCodeAlphabet[i/len(userCodeAlphabet)]) + string(userCodeAlphabet[i%len(userCodeAlphabet)])
+		_ = st.Store(ctx, o.userCodeKey(uc), []byte(o.deviceKey("live")))
+		_ = st.Store(ctx, o.key("device/tries/"+fmt.Sprintf("%064x", i)), fresh)
+	}
+	_ = st.Store(ctx, o.userCodeKey("ZZZZZZZZ"), []byte(o.deviceKey("gone")))
+	spentKey := o.key("device/tries/" + strings.Repeat("f", 64))
+	_ = st.Store(ctx, spentKey, spent)
+	for range 2 {
+		o.sweepUserCodes(ctx)
+		o.sweepCodeTries(ctx)
+	}
+	if st.Exists(ctx, o.userCodeKey("ZZZZZZZZ")) {
+		t.Error("an orphaned user code listed after a batch of live ones survives the sweeps")
+	}
+	if st.Exists(ctx, spentKey) {
+		t.Error("a spent wrong-code counter listed after a batch of live ones survives the sweeps")
+	}
+	users, _ := st.List(ctx, o.key("device/user"), false)
+	tries, _ := st.List(ctx, o.key("device/tries"), false)
+	if len(users) != live || len(tries) != live {
+		t.Fatalf("live entries deleted: %d user codes, %d counters, want %d", len(users), len(tries), live)
 	}
 }

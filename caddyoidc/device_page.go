@@ -46,7 +46,7 @@ type the code <b>your device shows</b> to confirm.</p>{{end}}
 {{else if not .Done}}
 <form method="post" action="{{.Action}}">
 <label>Code shown by your device: <input name="user_code" id="user_code" value="{{.Code}}" autocomplete="off" autocapitalize="characters" spellcheck="false"></label>
-<input type="hidden" name="csrf" value="{{.CSRF}}">
+<input type="hidden" name="csrf" value="{{.CSRF}}">{{if .FromLink}}<input type="hidden" name="from_link" value="1">{{end}}
 <button type="submit" name="action" value="lookup" id="continue">Continue</button>
 </form>
 {{end}}
@@ -55,7 +55,9 @@ type the code <b>your device shows</b> to confirm.</p>{{end}}
 type devicePageData struct {
 	Message, Client, ClientNote, User, Code, Confirm, CSRF, Action, Lifetime string
 	IP, Time, UserAgent                                                      string
-	Prefilled, Done                                                          bool
+	// FromLink: the lookup form holds a code from a link, not typed by
+	// the user; its Continue shows the request with an empty confirmation.
+	Prefilled, Done, FromLink bool
 }
 
 // deviceCSRF is the approval form's token, bound to the session and the
@@ -74,14 +76,19 @@ func (o *OIDC) checkDeviceCSRF(tok, sid, code string) bool {
 //
 //   - GET without user_code: the lookup form (a same-origin POST).
 //   - GET ?user_code= (verification_uri_complete): the request, with an
-//     empty confirmation field.
+//     empty confirmation field. Any site can make the browser send it, so
+//     it never spends the wrong-code budget: a miss counts in the links
+//     budget, and once that is spent the link shows the lookup form with
+//     the code filled in (from_link) instead of looking it up.
 //   - POST action=lookup: the request, the confirmation field holding the
-//     code the user just typed on this site.
+//     code the user just typed on this site (empty with from_link).
 //   - POST action=approve|deny: the decision; approve needs confirm_code to
-//     equal user_code.
+//     equal user_code, and records the grant's current MinJTI: a
+//     revocation or logout before the CLI's poll withdraws the approval.
 //
-// A lookup of a code that is not pending and an approval whose typed code
-// differs are wrong codes, limited per user (see device_tries.go).
+// In CSRF-checked POSTs, a lookup of a code that is not pending and an
+// approval whose typed code differs are wrong codes, limited per user (see
+// device_tries.go).
 func (o *OIDC) serveDevice(w http.ResponseWriter, r *http.Request, p *provider) {
 	if o.azat == nil || !o.azat.CanMint() {
 		o.writeError(w, r, http.StatusNotFound, "not_found", "this site has no azat block")
@@ -179,14 +186,27 @@ func (o *OIDC) serveDevice(w http.ResponseWriter, r *http.Request, p *provider) 
 		page(http.StatusTooManyRequests)
 		return
 	}
+	link := action == "" // GET ?user_code=: any site can send it
+	if link && tries.linksSpent() {
+		o.logger.Info("device page: link lookups spent; the user confirms the code with Continue",
+			zap.String("sub", s.Identity.Subject), zap.String("remote", clientIP(r)))
+		data.Code, data.FromLink = printable(raw, 16), true
+		if c := normalizeUserCode(raw); c != "" {
+			data.Code = formatUserCode(c)
+		}
+		data.CSRF = o.deviceCSRF(s.ID, "")
+		data.Message = "Check that this is the code your device shows, then press Continue."
+		page(http.StatusOK)
+		return
+	}
 	wrong := func(msg string) {
-		if err := o.addTry(ctx, tk, tries, now); err != nil {
+		if err := o.addTry(ctx, tk, tries, now, link); err != nil {
 			o.logger.Error("device page: storing a wrong code", errField(err))
 			o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "storage is unavailable")
 			return
 		}
 		o.logger.Info("device page: wrong code", zap.String("sub", s.Identity.Subject), zap.String("remote", clientIP(r)),
-			zap.Int("wrong_codes", len(tries.Times)))
+			zap.Bool("from_link", link), zap.Int("wrong_codes", len(tries.Times)), zap.Int("link_misses", len(tries.Links)))
 		data.Message = msg
 		page(http.StatusBadRequest)
 	}
@@ -240,7 +260,11 @@ func (o *OIDC) serveDevice(w http.ResponseWriter, r *http.Request, p *provider) 
 		page(http.StatusOK)
 		return
 	case "lookup":
-		data.Confirm = data.Code // typed by the user on this site just now
+		if r.PostForm.Get("from_link") != "" {
+			data.Prefilled = true // the code came from a link: the user types it
+		} else {
+			data.Confirm = data.Code // typed by the user on this site just now
+		}
 		page(http.StatusOK)
 		return
 	case "approve":
@@ -256,7 +280,26 @@ func (o *OIDC) serveDevice(w http.ResponseWriter, r *http.Request, p *provider) 
 			return
 		}
 	}
-	if err := o.decideDevice(ctx, key, action, s.GrantKey); err != nil {
+	var minJTI uint64
+	if action == "approve" {
+		// The approval holds for the grant's current jti window: a
+		// revocation (POST <routes>/revoke, logout, back-channel logout,
+		// invalid_grant) before the CLI's poll moves MinJTI and withdraws it.
+		g, err := o.azat.Grants().LoadFresh(ctx, s.GrantKey)
+		if err != nil {
+			o.logger.Error("device page: grant store", errField(err))
+			o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "storage is unavailable")
+			return
+		}
+		if !g.Usable() {
+			data.Client, data.Done = "", true
+			data.Message = "Your stored login has ended (logged out or revoked), so no long-lived token can be issued. Log out, log in again allowing offline access, and retry."
+			page(http.StatusConflict)
+			return
+		}
+		minJTI = g.MinJTI
+	}
+	if err := o.decideDevice(ctx, key, action, s.GrantKey, minJTI); err != nil {
 		if errors.Is(err, errNotPending) {
 			data.Message, data.Client, data.Done = "This request has expired or was already decided. Start again on your device.", "", true
 			page(http.StatusBadRequest)
@@ -284,10 +327,10 @@ func (o *OIDC) serveDevice(w http.ResponseWriter, r *http.Request, p *provider) 
 
 var errNotPending = errors.New("device request not pending")
 
-// decideDevice records approve (with the user's grant) or deny on a pending
-// record, under the lock the token route's polls take, so that a poll
-// writing its time never overwrites the decision.
-func (o *OIDC) decideDevice(ctx context.Context, key, action, grantKey string) error {
+// decideDevice records approve (with the user's grant and its MinJTI) or
+// deny on a pending record, under the lock the token route's polls take, so
+// that a poll writing its time never overwrites the decision.
+func (o *OIDC) decideDevice(ctx context.Context, key, action, grantKey string, minJTI uint64) error {
 	if err := o.storage.Lock(ctx, key+".lock"); err != nil {
 		return err
 	}
@@ -303,7 +346,7 @@ func (o *OIDC) decideDevice(ctx context.Context, key, action, grantKey string) e
 		return errNotPending
 	}
 	if action == "approve" {
-		rec.Status, rec.GrantKey = "approved", grantKey
+		rec.Status, rec.GrantKey, rec.MinJTI = "approved", grantKey, minJTI
 	} else {
 		rec.Status = "denied"
 	}

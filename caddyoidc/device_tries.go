@@ -12,10 +12,20 @@ import (
 
 // Wrong user codes are limited per user (issuer and subject, whatever the
 // browser session), in storage so that every instance sharing it counts
-// the same tries. Only wrong codes count: a lookup of a code that is not
-// pending, or an approval whose typed code does not match.
+// the same tries. Two budgets:
+//
+//   - Times: wrong codes of same-origin, CSRF-checked POSTs (a lookup of a
+//     code that is not pending, an approval whose typed code does not
+//     match). When spent, every code submission gets 429 until the oldest
+//     leaves the window. Another site cannot spend it.
+//   - Links: misses of GET ?user_code= (verification_uri_complete), which
+//     any web page can make the user's browser send. When spent, a link no
+//     longer looks its code up: the page shows the lookup form with the
+//     code filled in, and Continue is a POST counted in Times. So links are
+//     no unbounded oracle, and another site spending this budget only costs
+//     the user one click, never a lockout.
 const (
-	// maxUserCodeTries wrong codes per user and window.
+	// maxUserCodeTries wrong codes per user, budget and window.
 	maxUserCodeTries  = 10
 	userCodeTryWindow = 10 * time.Minute
 )
@@ -23,18 +33,27 @@ const (
 // codeTries are the times (unix ms) of a user's recent wrong codes.
 type codeTries struct {
 	Times []int64 `json:"t"`
+	Links []int64 `json:"l,omitempty"`
 }
 
 // prune drops tries older than the window.
 func (c *codeTries) prune(now time.Time) {
-	keep := c.Times[:0]
-	for _, t := range c.Times {
+	c.Times = pruneTimes(c.Times, now)
+	c.Links = pruneTimes(c.Links, now)
+}
+
+func pruneTimes(ts []int64, now time.Time) []int64 {
+	keep := ts[:0]
+	for _, t := range ts {
 		if now.Sub(time.UnixMilli(t)) < userCodeTryWindow {
 			keep = append(keep, t)
 		}
 	}
-	c.Times = keep
+	return keep
 }
+
+// linksSpent tells whether GET links may no longer look codes up.
+func (c *codeTries) linksSpent() bool { return len(c.Links) >= maxUserCodeTries }
 
 // exhausted tells whether no wrong code is left, and when one will be.
 func (c *codeTries) exhausted(now time.Time) (bool, time.Duration) {
@@ -76,32 +95,35 @@ func (o *OIDC) loadTries(ctx context.Context, key string, now time.Time) (*codeT
 	return &c, nil
 }
 
-// addTry records a wrong code. The caller holds the counter's lock.
-func (o *OIDC) addTry(ctx context.Context, key string, c *codeTries, now time.Time) error {
-	c.Times = append(c.Times, now.UnixMilli())
-	if len(c.Times) > maxUserCodeTries {
-		c.Times = c.Times[len(c.Times)-maxUserCodeTries:]
+// addTry records a wrong code of a POST (link false) or a GET link's miss
+// (link true). The caller holds the counter's lock.
+func (o *OIDC) addTry(ctx context.Context, key string, c *codeTries, now time.Time, link bool) error {
+	list := &c.Times
+	if link {
+		list = &c.Links
+	}
+	*list = append(*list, now.UnixMilli())
+	if len(*list) > maxUserCodeTries {
+		*list = (*list)[len(*list)-maxUserCodeTries:]
 	}
 	b, _ := json.Marshal(c)
 	return o.storage.Store(ctx, key, b)
 }
 
-// sweepCodeTries deletes at most deviceSweepBatch counters whose tries
-// have all left the window.
+// sweepCodeTries examines at most deviceSweepBatch counters, starting
+// where the previous sweep stopped, and deletes those whose tries have all
+// left the window.
 func (o *OIDC) sweepCodeTries(ctx context.Context) {
 	keys, err := o.storage.List(ctx, o.key("device/tries"), false)
 	if err != nil {
 		return
 	}
 	now := time.Now()
-	for i, k := range keys {
-		if i >= deviceSweepBatch {
-			return
-		}
+	for _, k := range o.rt.device.tries.window(keys, deviceSweepBatch) {
 		if !isDeviceCodeKey(k) || o.storage.Lock(ctx, k+".lock") != nil {
 			continue
 		}
-		if c, err := o.loadTries(ctx, k, now); err == nil && len(c.Times) == 0 {
+		if c, err := o.loadTries(ctx, k, now); err == nil && len(c.Times) == 0 && len(c.Links) == 0 {
 			_ = o.storage.Delete(ctx, k)
 		}
 		_ = o.storage.Unlock(context.WithoutCancel(ctx), k+".lock")

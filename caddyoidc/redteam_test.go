@@ -121,15 +121,15 @@ func TestRedteamLogoutWithTossedChunkEndsNothing(t *testing.T) {
 	}
 }
 
-// TestRedteamApprovedDeviceCodeSurvivesLogout: a user approves a device
+// TestDeviceApprovalEndsWithLogout (red team): a user approves a device
 // code (phished, or regretted), then logs out to end everything, and logs
 // in again a little later, within the code's 10 minutes. The approved
-// record only names the grant key (iss#sub), and the new login recreates
-// that grant (keeping the jti window), so the attacker's next poll gets a
-// fresh AZAT: the logout did not end the pending approval. An approval
-// should be bound to the grant generation (or logout should deny the
-// user's approved, unpolled codes).
-func TestRedteamApprovedDeviceCodeSurvivesLogout(t *testing.T) {
+// record used to name only the grant key (iss#sub), and the new login
+// recreates that grant (keeping the jti window), so the attacker's next
+// poll got a fresh AZAT. Now the approval records the grant's MinJTI,
+// which the logout moved: the poll gets access_denied, and a code approved
+// after the new login works.
+func TestDeviceApprovalEndsWithLogout(t *testing.T) {
 	op := startOP(t, testop.Options{})
 	up := newUpstream(t)
 	site := startCaddy(t, oidcBlock(op, "azat"), up, "")
@@ -148,15 +148,29 @@ func TestRedteamApprovedDeviceCodeSurvivesLogout(t *testing.T) {
 	}
 	if s, m := pollDevice(t, site.URL, d.DeviceCode); s == 200 {
 		t.Fatalf("a device code approved before the logout still mints an AZAT after it: %v", m["token_type"])
+	} else if s != http.StatusBadRequest || m["error"] != "access_denied" {
+		t.Fatalf("poll after logout: %d %v, want 400 access_denied", s, m)
+	}
+	if s, m := pollDevice(t, site.URL, d.DeviceCode); s != http.StatusBadRequest || m["error"] != "invalid_grant" {
+		t.Fatalf("the withdrawn code is still stored: %d %v", s, m)
+	}
+	// Legitimate flow: a code approved after the new login mints.
+	d2 := startDevice(t, site.URL)
+	if resp := decide(t, c2, site.URL, d2.UserCode, "approve"); resp.StatusCode != 200 {
+		t.Fatalf("approve after re-login: %d", resp.StatusCode)
+	}
+	if s, m := pollDevice(t, site.URL, d2.DeviceCode); s != 200 || m["access_token"] == nil {
+		t.Fatalf("code approved after re-login: %d %v", s, m)
 	}
 }
 
-// TestRedteamApprovedDeviceCodeSurvivesRevoke: POST /auth/revoke ("end
-// every AZAT of the caller") moves the jti window, but an approved,
-// not yet polled device code mints the next jti, which is valid: the
-// attacker who phished the approval polls after the user's revoke and gets
-// a working AZAT. No re-login needed.
-func TestRedteamApprovedDeviceCodeSurvivesRevoke(t *testing.T) {
+// TestDeviceApprovalEndsWithRevoke (red team): POST /auth/revoke ("end
+// every AZAT of the caller") moves the jti window, but an approved, not yet
+// polled device code used to mint the next jti, which is valid: the
+// attacker who phished the approval polled after the user's revoke and got
+// a working AZAT. Now the poll gets access_denied (the grant's MinJTI moved
+// since the approval); a code approved after the revoke works.
+func TestDeviceApprovalEndsWithRevoke(t *testing.T) {
 	op := startOP(t, testop.Options{})
 	up := newUpstream(t)
 	site := startCaddy(t, oidcBlock(op, "azat"), up, "")
@@ -170,12 +184,27 @@ func TestRedteamApprovedDeviceCodeSurvivesRevoke(t *testing.T) {
 		t.Fatalf("revoke: %d %s", resp.StatusCode, body(t, resp))
 	}
 	s, m := pollDevice(t, site.URL, d.DeviceCode)
-	if s != 200 {
-		return // safe outcome
+	if s == 200 {
+		tok, _ := m["access_token"].(string)
+		if resp := get(t, browser(), site.URL+"/files/x", "Authorization", "Bearer "+tok); resp.StatusCode == 200 {
+			t.Fatal("after POST /auth/revoke, a device code approved before it mints an AZAT that works")
+		}
 	}
+	if s != http.StatusBadRequest || m["error"] != "access_denied" {
+		t.Fatalf("poll after revoke: %d %v, want 400 access_denied", s, m)
+	}
+	// Legitimate flow: a code approved after the revoke mints a working AZAT.
+	d2 := startDevice(t, site.URL)
+	if resp := decide(t, c, site.URL, d2.UserCode, "approve"); resp.StatusCode != 200 {
+		t.Fatalf("approve after revoke: %d", resp.StatusCode)
+	}
+	s, m = pollDevice(t, site.URL, d2.DeviceCode)
 	tok, _ := m["access_token"].(string)
-	if resp := get(t, browser(), site.URL+"/files/x", "Authorization", "Bearer "+tok); resp.StatusCode == 200 {
-		t.Fatal("after POST /auth/revoke, a device code approved before it mints an AZAT that works")
+	if s != 200 || tok == "" {
+		t.Fatalf("code approved after the revoke: %d %v", s, m)
+	}
+	if resp := get(t, browser(), site.URL+"/files/x", "Authorization", "Bearer "+tok); resp.StatusCode != 200 {
+		t.Fatalf("AZAT of a code approved after the revoke: %d", resp.StatusCode)
 	}
 }
 
@@ -331,13 +360,15 @@ func TestRedteamBackchannelLogoutMissesOtherSessionMode(t *testing.T) {
 	}
 }
 
-// TestRedteamCrossSiteLookupsLockOutDeviceApproval: GET
-// /auth/device?user_code=X (the verification_uri_complete shape) counts a
-// wrong code for the logged-in user when X is not pending, with no CSRF
-// token and whatever Sec-Fetch-Site says. Any web page the user visits can
-// open ten such top-level navigations (SameSite=Lax cookies ride along) and
-// lock the user out of approving their real device for ten minutes (429).
-func TestRedteamCrossSiteLookupsLockOutDeviceApproval(t *testing.T) {
+// TestDeviceCrossSiteLinksNeverLockOut (red team): GET
+// /auth/device?user_code=X (the verification_uri_complete shape) used to
+// count a wrong code for the logged-in user when X is not pending, with no
+// CSRF token and whatever Sec-Fetch-Site says. Any web page the user visits
+// could open ten such top-level navigations (SameSite=Lax cookies ride
+// along) and lock the user out of approving their real device for ten
+// minutes (429). Now only CSRF-checked POSTs spend that budget (link misses
+// have their own, which only costs a click: TestDeviceLinkMissesBounded).
+func TestDeviceCrossSiteLinksNeverLockOut(t *testing.T) {
 	op := startOP(t, testop.Options{})
 	up := newUpstream(t)
 	site := startCaddy(t, oidcBlock(op, "azat"), up, "")
