@@ -579,6 +579,7 @@ type runtime struct {
 	device           deviceLimits
 	revoked          revocations
 	mu               sync.Mutex
+	sweeps           sweepCursors
 	// ns is the namespace id (see namespace.go); o.storage is confined to it.
 	ns string
 	// root is the prefix of the keys given to o.storage (ends in /).

@@ -17,7 +17,8 @@ import (
 // entries whose session is gone, and back-channel replay markers past their
 // token's expiry. Every instance sweeps every sweepInterval; one run looks
 // at no more than sweepBatch records of each kind, so it stays cheap
-// however large storage grows (a backlog is worked off over several runs).
+// however large storage grows; each kind goes on next run where the last
+// one stopped (listCursor), so a backlog is worked off over several runs.
 
 const (
 	sweepInterval = 10 * time.Minute
@@ -58,9 +59,12 @@ func (o *OIDC) sweep(ctx context.Context, now time.Time) int {
 	return n
 }
 
-// list lists a storage prefix, at most sweepBatch keys; a missing prefix
-// is an empty list.
-func (o *OIDC) list(ctx context.Context, prefix string) []string {
+// sweepCursors say where each sweep goes on next run.
+type sweepCursors struct{ sessions, sids, subs, markers listCursor }
+
+// list lists a storage prefix, at most sweepBatch keys from where cur left
+// off (nil: from the start); a missing prefix is an empty list.
+func (o *OIDC) list(ctx context.Context, prefix string, cur *listCursor) []string {
 	keys, err := o.storage.List(ctx, prefix, false)
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
@@ -68,12 +72,15 @@ func (o *OIDC) list(ctx context.Context, prefix string) []string {
 		}
 		return nil
 	}
-	return keys[:min(len(keys), sweepBatch)]
+	if cur == nil {
+		return keys[:min(len(keys), sweepBatch)]
+	}
+	return cur.window(keys, sweepBatch)
 }
 
 func (o *OIDC) sweepSessions(ctx context.Context, now time.Time) int {
 	n := 0
-	for _, k := range o.list(ctx, o.key("sessions")) {
+	for _, k := range o.list(ctx, o.key("sessions"), &o.rt.sweeps.sessions) {
 		b, err := o.storage.Load(ctx, k)
 		if err != nil {
 			continue
@@ -91,9 +98,9 @@ func (o *OIDC) sweepSessions(ctx context.Context, now time.Time) int {
 // sweepIndex deletes index entries whose session no longer exists.
 func (o *OIDC) sweepIndex(ctx context.Context) int {
 	n, seen := 0, 0
-	for _, kind := range []string{"sid", "sub"} {
-		for _, dir := range o.list(ctx, indexPrefix+kind) {
-			for _, k := range o.list(ctx, dir) {
+	for kind, cur := range map[string]*listCursor{"sid": &o.rt.sweeps.sids, "sub": &o.rt.sweeps.subs} {
+		for _, dir := range o.list(ctx, indexPrefix+kind, cur) {
+			for _, k := range o.list(ctx, dir, nil) {
 				if seen++; seen > sweepBatch {
 					return n
 				}
@@ -115,7 +122,7 @@ func (o *OIDC) sweepIndex(ctx context.Context) int {
 // token's expiry (a replayed token is refused by its exp from then on).
 func (o *OIDC) sweepReplayMarkers(ctx context.Context, now time.Time) int {
 	n := 0
-	for _, k := range o.list(ctx, o.key("backchannel/jti")) {
+	for _, k := range o.list(ctx, o.key("backchannel/jti"), &o.rt.sweeps.markers) {
 		b, err := o.storage.Load(ctx, k)
 		if err != nil {
 			continue
