@@ -28,14 +28,17 @@ func metricValue(t *testing.T, text, name string) float64 {
 // TestMetricsScraped drives logins, refreshes, bearer failures and an AZAT
 // mint, then scrapes Caddy's metrics handler.
 func TestMetricsScraped(t *testing.T) {
-	op := startOP(t, testop.Options{AccessTokenLifetime: 2 * time.Second})
+	// A 6 s token refreshed within 3 s of its expiry: the requests right
+	// after login never refresh, even on a loaded machine; the one 3.5 s
+	// after the login does, once.
+	op := startOP(t, testop.Options{AccessTokenLifetime: 6 * time.Second})
 	up := newUpstream(t)
 	id, secret := op.WebClient()
 	pa, pm := freePort(t), freePort(t)
 	site, metricsURL := "http://127.0.0.1:"+itoa(pa), "http://127.0.0.1:"+itoa(pm)+"/metrics"
 	cf := "{\n\tadmin off\n\tpersist_config off\n\tauto_https off\n\tstorage file_system " + t.TempDir() + "\n}\n" +
 		site + " {\n\toidc {\n\t\tissuer " + op.Issuer + "\n\t\tclient_id " + id + "\n\t\tclient_secret " + secret +
-		"\n\t\tscopes openid profile email offline_access\n\t\trefresh_before 1s\n\t\tazat\n\t}\n\treverse_proxy " +
+		"\n\t\tscopes openid profile email offline_access\n\t\trefresh_before 3s\n\t\tazat\n\t}\n\treverse_proxy " +
 		strings.TrimPrefix(up.URL, "http://") + "\n}\n" +
 		"http://127.0.0.1:" + itoa(pm) + " {\n\tmetrics\n}\n"
 	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
@@ -51,10 +54,11 @@ func TestMetricsScraped(t *testing.T) {
 
 	c := browser()
 	login(t, c, op, site, "/")
+	loggedIn := time.Now()
 	mintAZAT(t, c, site)
 	get(t, browser(), site+"/api", "Authorization", "Bearer garbage")
 	get(t, browser(), site+"/auth/callback?state=0123456789abcdefghij&code=x", navigate...)
-	time.Sleep(2500 * time.Millisecond)
+	time.Sleep(time.Until(loggedIn.Add(3500 * time.Millisecond)))
 	get(t, c, site+"/api")
 
 	after := scrape()
