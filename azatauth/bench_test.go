@@ -145,3 +145,18 @@ func BenchmarkServiceVerifyWarm(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkServiceVerifyWarmTrust is BenchmarkServiceVerifyWarm at a
+// verify_only site that trusts another site's JWKS (`trust`): the cached
+// path also checks that the token's kid is still published.
+func BenchmarkServiceVerifyWarmTrust(b *testing.B) {
+	ts := newTrustSites(b)
+	ctx := context.Background()
+	tok := ts.mint(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := ts.verifier.Verify(ctx, tok, trustOrigin); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
