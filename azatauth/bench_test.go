@@ -160,3 +160,24 @@ func BenchmarkServiceVerifyWarmTrust(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkServiceVerifyWarmTrustParallel is BenchmarkServiceVerifyWarmTrust
+// from every core at once: the cached path's key check reads the keyring
+// without a lock.
+func BenchmarkServiceVerifyWarmTrustParallel(b *testing.B) {
+	ts := newTrustSites(b)
+	tok := ts.mint(b)
+	if _, _, err := ts.verifier.Verify(context.Background(), tok, trustOrigin); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		ctx := context.Background()
+		for pb.Next() {
+			if _, _, err := ts.verifier.Verify(ctx, tok, trustOrigin); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}

@@ -124,10 +124,13 @@ type Keyring struct {
 
 	view atomic.Pointer[keyView] // never nil
 
-	mu         sync.RWMutex
-	own        jwk.Key   // the key this instance signs with (Add), nil when none
-	lastReload time.Time // last read, successful or not
-	reloading  sync.Mutex
+	mu        sync.RWMutex
+	own       jwk.Key // the key this instance signs with (Add), nil when none
+	reloading sync.Mutex
+	// lastReload is when the keyring was last read, successful or not
+	// (Unix nanoseconds, 0: never): atomic, so that every verification
+	// tells whether a read is due without a lock.
+	lastReload atomic.Int64
 }
 
 // NewStorageKeyring reads keys from Caddy storage.
@@ -242,10 +245,7 @@ func (kr *Keyring) Usable(ctx context.Context, kid, current string, retain time.
 	if k := kr.usable(kid, current, retain); k != nil {
 		return k
 	}
-	kr.mu.RLock()
-	recent := !kr.lastReload.IsZero() && time.Since(kr.lastReload) < minKeyReload
-	kr.mu.RUnlock()
-	if recent {
+	if last := kr.lastReload.Load(); last != 0 && time.Since(time.Unix(0, last)) < minKeyReload {
 		return nil
 	}
 	_ = kr.Reload(ctx)
@@ -288,17 +288,12 @@ func (kr *Keyring) RefreshIfDue(ctx context.Context) (reasserted string, err err
 	if kr.st == nil {
 		every = remoteKeyringRefresh
 	}
-	kr.mu.RLock()
-	due := time.Since(kr.lastReload) >= every
-	kr.mu.RUnlock()
-	if !due || !kr.reloading.TryLock() {
+	due := func() bool { return time.Since(time.Unix(0, kr.lastReload.Load())) >= every }
+	if !due() || !kr.reloading.TryLock() {
 		return "", nil
 	}
 	defer kr.reloading.Unlock()
-	kr.mu.RLock()
-	due = time.Since(kr.lastReload) >= every
-	kr.mu.RUnlock()
-	if !due {
+	if !due() {
 		return "", nil
 	}
 	if err := kr.Reload(ctx); err != nil {
@@ -366,9 +361,7 @@ func peekKid(token string) string {
 // remoteMaxStale after its last successful fetch).
 func (kr *Keyring) Reload(ctx context.Context) error {
 	v, err := kr.load(ctx)
-	kr.mu.Lock()
-	kr.lastReload = time.Now()
-	kr.mu.Unlock()
+	kr.lastReload.Store(time.Now().UnixNano())
 	if err != nil {
 		return err
 	}
