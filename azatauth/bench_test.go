@@ -181,3 +181,20 @@ func BenchmarkServiceVerifyWarmTrustParallel(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkKeyringVerifies is the key check alone that the cached path
+// makes for every use of a cached token at a `trust` site.
+func BenchmarkKeyringVerifies(b *testing.B) {
+	ts := newTrustSites(b)
+	tok := ts.mint(b)
+	if _, _, err := ts.verifier.Verify(context.Background(), tok, trustOrigin); err != nil {
+		b.Fatal(err)
+	}
+	kr, kid, now := ts.verifier.keyring, peekKid(tok), time.Now() // the caller's now
+	b.ReportAllocs()
+	for b.Loop() {
+		if !kr.verifies(kid, "", time.Hour, now) {
+			b.Fatal("refused")
+		}
+	}
+}
