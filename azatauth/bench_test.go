@@ -145,3 +145,56 @@ func BenchmarkServiceVerifyWarm(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkServiceVerifyWarmTrust is BenchmarkServiceVerifyWarm at a
+// verify_only site that trusts another site's JWKS (`trust`): the cached
+// path also checks that the token's kid is still published.
+func BenchmarkServiceVerifyWarmTrust(b *testing.B) {
+	ts := newTrustSites(b)
+	ctx := context.Background()
+	tok := ts.mint(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := ts.verifier.Verify(ctx, tok, trustOrigin); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkServiceVerifyWarmTrustParallel is BenchmarkServiceVerifyWarmTrust
+// from every core at once: the cached path's key check reads the keyring
+// without a lock.
+func BenchmarkServiceVerifyWarmTrustParallel(b *testing.B) {
+	ts := newTrustSites(b)
+	tok := ts.mint(b)
+	if _, _, err := ts.verifier.Verify(context.Background(), tok, trustOrigin); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		ctx := context.Background()
+		for pb.Next() {
+			if _, _, err := ts.verifier.Verify(ctx, tok, trustOrigin); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkKeyringVerifies is the key check alone that the cached path
+// makes for every use of a cached token at a `trust` site.
+func BenchmarkKeyringVerifies(b *testing.B) {
+	ts := newTrustSites(b)
+	tok := ts.mint(b)
+	if _, _, err := ts.verifier.Verify(context.Background(), tok, trustOrigin); err != nil {
+		b.Fatal(err)
+	}
+	kr, kid, now := ts.verifier.keyring, peekKid(tok), time.Now() // the caller's now
+	b.ReportAllocs()
+	for b.Loop() {
+		if !kr.verifies(kid, "", time.Hour, now) {
+			b.Fatal("refused")
+		}
+	}
+}

@@ -120,7 +120,7 @@ type Service struct {
 	signer   Signer
 	keyring  *Keyring
 	grants   *GrantStore
-	verified *expiry.Map[[32]byte, *Claims]
+	verified *expiry.Map[[32]byte, verifiedToken]
 	ready    atomic.Bool
 	issuer   string
 	audience string
@@ -143,7 +143,7 @@ func (c *Config) Provision(ctx context.Context, logger *zap.Logger, st certmagic
 		c.JWKSPath = defaultJWKSPath
 	}
 	repl := caddy.NewReplacer()
-	s := &Service{cfg: c, logger: logger, verified: expiry.New[[32]byte, *Claims](maxVerifiedCache)}
+	s := &Service{cfg: c, logger: logger, verified: expiry.New[[32]byte, verifiedToken](maxVerifiedCache)}
 	s.issuer = repl.ReplaceKnown(c.Issuer, "")
 	if s.issuer == "" {
 		s.issuer = c.SiteOrigin

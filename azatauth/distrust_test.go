@@ -123,9 +123,7 @@ func TestDistrustKid(t *testing.T) {
 	// Within keyringRefresh an instance may still use what it read before;
 	// once due, the next verification reads storage again.
 	for _, s := range []*Service{a, b} {
-		s.keyring.mu.Lock()
-		s.keyring.lastReload = time.Now().Add(-keyringRefresh)
-		s.keyring.mu.Unlock()
+		s.keyring.lastReload.Store(time.Now().Add(-keyringRefresh).UnixNano())
 	}
 	for name, s := range map[string]*Service{"a": a, "b": b} {
 		_, _, err := s.Verify(ctx, leaked.Token, origin)

@@ -2,6 +2,7 @@ package azatauth
 
 import (
 	"context"
+	"crypto"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -40,6 +42,12 @@ var (
 	keyringRefresh       = 10 * time.Second
 	remoteKeyringRefresh = time.Duration(jwksMaxAge) * time.Second
 )
+
+// remoteMaxStale bounds how long a remote keyring keeps using the keys of
+// its last successful JWKS fetch while fetches fail (retried every
+// remoteKeyringRefresh): from then on no key verifies until a fetch
+// succeeds, as for the provider's JWKS (caddyoidc jwksMaxStale).
+var remoteMaxStale = 24 * time.Hour
 
 // jwksMaxAge is the Cache-Control max-age (seconds) of the published JWKS.
 const jwksMaxAge = 60
@@ -75,31 +83,68 @@ type keyState struct {
 	superseded time.Time // zero: current
 }
 
+// keyView is what the last successful read of the keyring found. It is
+// never modified once published (Reload swaps in a new one), so
+// verifications read it without a lock: the verified-token cache checks
+// every cached token's kid against it (Keyring.verifies).
+type keyView struct {
+	// keys are the stored keys (storage), or exactly the keys the trusted
+	// JWKS listed (remote): a kid missing here never verifies.
+	keys       map[string]*keyState
+	distrusted map[string]bool
+	// until is when a remote keyring's keys stop verifying unless a fetch
+	// succeeds before (remoteMaxStale after the fetch); zero for storage.
+	until time.Time
+}
+
+var emptyView = &keyView{keys: map[string]*keyState{}, distrusted: map[string]bool{}}
+
+// key returns the state of kid if it may verify tokens at now: listed, not
+// distrusted, not stale, and current (current is the signer's kid, ""
+// without one) or superseded no longer ago than retain. No lock, no
+// allocation.
+func (v *keyView) key(kid, current string, retain time.Duration, now time.Time) *keyState {
+	ks := v.keys[kid]
+	if ks == nil || v.distrusted[kid] || (!v.until.IsZero() && !now.Before(v.until)) {
+		return nil
+	}
+	if !ks.usable(kid, current, retain, now) {
+		return nil
+	}
+	return ks
+}
+
 // Keyring is the set of public keys that verify AZATs, read from Caddy
 // storage (or a trusted remote JWKS), cached in memory and read again every
-// keyringRefresh.
+// keyringRefresh (remoteKeyringRefresh).
 type Keyring struct {
 	st       certmagic.Storage // nil when trustURL is used
 	trustURL string
 	client   *http.Client
 
-	mu         sync.RWMutex
-	own        jwk.Key // the key this instance signs with (Add), nil when none
-	keys       map[string]*keyState
-	distrusted map[string]bool
-	refusing   bool // some key is distrusted or superseded
-	lastReload time.Time
-	reloading  sync.Mutex
+	view atomic.Pointer[keyView] // never nil
+
+	mu        sync.RWMutex
+	own       jwk.Key // the key this instance signs with (Add), nil when none
+	reloading sync.Mutex
+	// lastReload is when the keyring was last read, successful or not
+	// (Unix nanoseconds, 0: never): atomic, so that every verification
+	// tells whether a read is due without a lock.
+	lastReload atomic.Int64
 }
 
 // NewStorageKeyring reads keys from Caddy storage.
 func NewStorageKeyring(st certmagic.Storage) *Keyring {
-	return &Keyring{st: st, keys: map[string]*keyState{}, distrusted: map[string]bool{}}
+	kr := &Keyring{st: st}
+	kr.view.Store(emptyView)
+	return kr
 }
 
 // NewRemoteKeyring reads keys from a JWKS URL (a site that only verifies).
 func NewRemoteKeyring(url string, client *http.Client) *Keyring {
-	return &Keyring{trustURL: url, client: client, keys: map[string]*keyState{}, distrusted: map[string]bool{}}
+	kr := &Keyring{trustURL: url, client: client}
+	kr.view.Store(emptyView)
+	return kr
 }
 
 // validKid is what a kid must look like to name a storage record: this
@@ -166,12 +211,11 @@ func (kr *Keyring) Add(ctx context.Context, key jwk.Key) error {
 // Lookup returns the key for kid from memory, nil when unknown or
 // distrusted.
 func (kr *Keyring) Lookup(kid string) jwk.Key {
-	kr.mu.RLock()
-	defer kr.mu.RUnlock()
-	if kr.distrusted[kid] {
+	v := kr.view.Load()
+	if v.distrusted[kid] {
 		return nil
 	}
-	if ks := kr.keys[kid]; ks != nil {
+	if ks := v.keys[kid]; ks != nil {
 		return ks.key
 	}
 	return nil
@@ -201,10 +245,7 @@ func (kr *Keyring) Usable(ctx context.Context, kid, current string, retain time.
 	if k := kr.usable(kid, current, retain); k != nil {
 		return k
 	}
-	kr.mu.RLock()
-	recent := !kr.lastReload.IsZero() && time.Since(kr.lastReload) < minKeyReload
-	kr.mu.RUnlock()
-	if recent {
+	if last := kr.lastReload.Load(); last != 0 && time.Since(time.Unix(0, last)) < minKeyReload {
 		return nil
 	}
 	_ = kr.Reload(ctx)
@@ -212,19 +253,26 @@ func (kr *Keyring) Usable(ctx context.Context, kid, current string, retain time.
 }
 
 func (kr *Keyring) usable(kid, current string, retain time.Duration) jwk.Key {
-	kr.mu.RLock()
-	defer kr.mu.RUnlock()
-	ks := kr.keys[kid]
-	if ks == nil || kr.distrusted[kid] || !ks.usable(kid, current, retain, time.Now()) {
-		return nil
+	if ks := kr.view.Load().key(kid, current, retain, time.Now()); ks != nil {
+		return ks.key
 	}
-	return ks.key
+	return nil
 }
 
 func (kr *Keyring) known(kid string) bool {
-	kr.mu.RLock()
-	defer kr.mu.RUnlock()
-	return kr.keys[kid] != nil || kr.distrusted[kid]
+	v := kr.view.Load()
+	return v.keys[kid] != nil || v.distrusted[kid]
+}
+
+// verifies tells whether a token verified before with the key kid is still
+// to be accepted at now, as Usable would decide without reading the keyring
+// again: for the verified-token cache, on every use of a cached token. A
+// kid the last successful read did not find (for a remote keyring: the
+// trusted JWKS no longer lists it, because the publisher distrusted or
+// retired it), a distrusted or retired one is refused. Lock-free and
+// allocation-free.
+func (kr *Keyring) verifies(kid, current string, retain time.Duration, now time.Time) bool {
+	return kr.view.Load().key(kid, current, retain, now) != nil
 }
 
 // RefreshIfDue reads the keyring again when the last read is older than
@@ -240,17 +288,12 @@ func (kr *Keyring) RefreshIfDue(ctx context.Context) (reasserted string, err err
 	if kr.st == nil {
 		every = remoteKeyringRefresh
 	}
-	kr.mu.RLock()
-	due := time.Since(kr.lastReload) >= every
-	kr.mu.RUnlock()
-	if !due || !kr.reloading.TryLock() {
+	due := func() bool { return time.Since(time.Unix(0, kr.lastReload.Load())) >= every }
+	if !due() || !kr.reloading.TryLock() {
 		return "", nil
 	}
 	defer kr.reloading.Unlock()
-	kr.mu.RLock()
-	due = time.Since(kr.lastReload) >= every
-	kr.mu.RUnlock()
-	if !due {
+	if !due() {
 		return "", nil
 	}
 	if err := kr.Reload(ctx); err != nil {
@@ -258,43 +301,37 @@ func (kr *Keyring) RefreshIfDue(ctx context.Context) (reasserted string, err err
 	}
 	kr.mu.RLock()
 	own := kr.own
+	kr.mu.RUnlock()
 	var ks *keyState
 	if own != nil {
-		ks = kr.keys[own.KeyID()]
+		ks = kr.view.Load().keys[own.KeyID()]
 	}
-	kr.mu.RUnlock()
 	if own == nil || (ks != nil && ks.superseded.IsZero()) {
 		return "", nil
 	}
 	return own.KeyID(), kr.Add(ctx, own)
 }
 
-// refused tells whether a cached verification of token must be redone:
-// some key is distrusted or superseded, and token's kid is one of them
-// (current is the signer's kid, retain as for Usable).
-func (kr *Keyring) refused(token, current string, retain time.Duration) bool {
-	kr.mu.RLock()
-	refusing := kr.refusing
-	kr.mu.RUnlock()
-	return refusing && kr.usable(peekKid(token), current, retain) == nil
-}
-
-// Errors wrapped with ErrUnknownKey for a kid the keyring knows but refuses.
+// Errors wrapped with ErrUnknownKey for a kid the keyring refuses.
 var (
 	ErrKeyDistrusted = errors.New("key distrusted by the operator")
 	ErrKeyRetired    = errors.New("key retired (superseded for longer than the token lifetime + 1h)")
+	ErrKeysStale     = errors.New("trusted JWKS not fetched successfully for too long")
 )
 
 // refusal tells why the kid of token does not verify: distrusted, retired,
-// or unknown (ErrUnknownKey, wrapping the reason).
+// the trusted JWKS stale, or unknown (ErrUnknownKey, wrapping the reason;
+// for a remote keyring a kid the publisher distrusted or retired is unknown:
+// its JWKS no longer lists it).
 func (kr *Keyring) refusal(token, current string, retain time.Duration) error {
 	kid := peekKid(token)
-	kr.mu.RLock()
-	defer kr.mu.RUnlock()
-	ks := kr.keys[kid]
+	v := kr.view.Load()
+	ks := v.keys[kid]
 	switch {
-	case kr.distrusted[kid]:
+	case v.distrusted[kid]:
 		return fmt.Errorf("%w: %w", ErrUnknownKey, ErrKeyDistrusted)
+	case ks != nil && !v.until.IsZero() && !time.Now().Before(v.until):
+		return fmt.Errorf("%w: %w", ErrUnknownKey, ErrKeysStale)
 	case ks != nil && !ks.usable(kid, current, retain, time.Now()):
 		return fmt.Errorf("%w: %w", ErrUnknownKey, ErrKeyRetired)
 	}
@@ -318,21 +355,17 @@ func peekKid(token string) string {
 	return h.Kid
 }
 
-// Reload reads every key and the distrusted kids again. On failure the
-// keys in memory stay.
+// Reload reads every key and the distrusted kids again (for a remote
+// keyring: fetches the trusted JWKS, whose keys replace the previous ones).
+// On failure the keys in memory stay (a remote keyring's until
+// remoteMaxStale after its last successful fetch).
 func (kr *Keyring) Reload(ctx context.Context) error {
-	keys, distrusted, err := kr.load(ctx)
-	kr.mu.Lock()
-	defer kr.mu.Unlock()
-	kr.lastReload = time.Now()
+	v, err := kr.load(ctx)
+	kr.lastReload.Store(time.Now().UnixNano())
 	if err != nil {
 		return err
 	}
-	kr.keys, kr.distrusted = keys, distrusted
-	kr.refusing = len(distrusted) > 0
-	for _, ks := range keys {
-		kr.refusing = kr.refusing || !ks.superseded.IsZero()
-	}
+	kr.view.Store(v)
 	return nil
 }
 
@@ -382,26 +415,27 @@ func legacySuperseded(recs map[string]*keyRecord) map[string]int64 {
 	return out
 }
 
-func (kr *Keyring) load(ctx context.Context) (map[string]*keyState, map[string]bool, error) {
+func (kr *Keyring) load(ctx context.Context) (*keyView, error) {
 	keys, distrusted := map[string]*keyState{}, map[string]bool{}
 	if kr.trustURL != "" {
 		// The publisher lists only keys that verify (current, or retired
-		// too recently), never distrusted ones.
+		// too recently), never distrusted ones: a kid it no longer lists
+		// is refused from now on, cached verifications included.
 		set, err := fetchJWKS(ctx, kr.client, kr.trustURL)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		for i := 0; i < set.Len(); i++ {
 			k, _ := set.Key(i)
-			if k.KeyID() != "" && allowedAlgs[k.Algorithm().String()] {
+			if k.KeyID() != "" && allowedAlgs[k.Algorithm().String()] && kidIsThumbprint(k) {
 				keys[k.KeyID()] = &keyState{key: k}
 			}
 		}
-		return keys, distrusted, nil
+		return &keyView{keys: keys, distrusted: distrusted, until: time.Now().Add(remoteMaxStale)}, nil
 	}
 	recs, err := kr.loadRecords(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	legacy := legacySuperseded(recs)
 	for kid, rec := range recs {
@@ -418,7 +452,7 @@ func (kr *Keyring) load(ctx context.Context) (map[string]*keyState, map[string]b
 	}
 	names, err := kr.st.List(ctx, strings.TrimSuffix(distrustPrefix, "/"), false)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, err
+		return nil, err
 	}
 	for _, name := range names {
 		kid := strings.TrimPrefix(name, distrustPrefix)
@@ -426,7 +460,16 @@ func (kr *Keyring) load(ctx context.Context) (map[string]*keyState, map[string]b
 			distrusted[kid] = true
 		}
 	}
-	return keys, distrusted, nil
+	return &keyView{keys: keys, distrusted: distrusted}, nil
+}
+
+// kidIsThumbprint tells whether k's kid is its RFC 7638 SHA-256 thumbprint,
+// as every AZAT key's is (publicJWK): a kid then names one key, so a token
+// verified before under a kid still listed was verified with the listed
+// key, never one swapped in under the same kid.
+func kidIsThumbprint(k jwk.Key) bool {
+	tp, err := k.Thumbprint(crypto.SHA256)
+	return err == nil && k.KeyID() == b64.EncodeToString(tp)
 }
 
 // Distrust records kid as distrusted in storage, for every instance sharing
@@ -463,11 +506,10 @@ type KeyInfo struct {
 
 // Keys lists the keys in memory, newest first.
 func (kr *Keyring) Keys() []KeyInfo {
-	kr.mu.RLock()
-	defer kr.mu.RUnlock()
-	out := make([]KeyInfo, 0, len(kr.keys))
-	for kid, ks := range kr.keys {
-		out = append(out, KeyInfo{Kid: kid, Added: ks.added, Superseded: ks.superseded, Distrusted: kr.distrusted[kid]})
+	v := kr.view.Load()
+	out := make([]KeyInfo, 0, len(v.keys))
+	for kid, ks := range v.keys {
+		out = append(out, KeyInfo{Kid: kid, Added: ks.added, Superseded: ks.superseded, Distrusted: v.distrusted[kid]})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Added.After(out[j].Added) })
 	return out
@@ -477,12 +519,11 @@ func (kr *Keyring) Keys() []KeyInfo {
 // superseded within retain), never distrusted ones; current first, then
 // newest first.
 func (kr *Keyring) JWKS(current string, retain time.Duration) jwk.Set {
-	kr.mu.RLock()
-	defer kr.mu.RUnlock()
+	v := kr.view.Load()
 	now := time.Now()
-	kids := make([]string, 0, len(kr.keys))
-	for kid, ks := range kr.keys {
-		if !kr.distrusted[kid] && ks.usable(kid, current, retain, now) {
+	kids := make([]string, 0, len(v.keys))
+	for kid := range v.keys {
+		if v.key(kid, current, retain, now) != nil {
 			kids = append(kids, kid)
 		}
 	}
@@ -490,11 +531,11 @@ func (kr *Keyring) JWKS(current string, retain time.Duration) jwk.Set {
 		if (kids[i] == current) != (kids[j] == current) {
 			return kids[i] == current
 		}
-		return kr.keys[kids[i]].added.After(kr.keys[kids[j]].added)
+		return v.keys[kids[i]].added.After(v.keys[kids[j]].added)
 	})
 	set := jwk.NewSet()
 	for _, kid := range kids {
-		_ = set.AddKey(kr.keys[kid].key)
+		_ = set.AddKey(v.keys[kid].key)
 	}
 	return set
 }

@@ -234,9 +234,7 @@ func TestLegacyKeyRecords(t *testing.T) {
 
 // due makes kr's next RefreshIfDue read storage (as keyringRefresh later).
 func due(kr *Keyring) {
-	kr.mu.Lock()
-	kr.lastReload = time.Now().Add(-keyringRefresh)
-	kr.mu.Unlock()
+	kr.lastReload.Store(time.Now().Add(-keyringRefresh).UnixNano())
 }
 
 // TestSigningKeyReasserted: during a rolling rotation, an instance still

@@ -14,16 +14,17 @@ import (
 	"github.com/caddy-oidc/caddy-oidc/internal/nsstore"
 )
 
-// TestRedteamTrustSiteKeepsDistrustedKeyCached: a verify_only site that
+// TestTrustSiteRefusesCachedTokenOfDistrustedKey: a verify_only site that
 // trusts another site's JWKS (`trust`) verified a token before its key was
-// distrusted at the publisher. After the distrust the publisher's JWKS no
-// longer lists the kid and the trusting site reads it again, yet the
-// trusting site keeps accepting the cached token until its exp (7 days by
-// default): the remote keyring never sets `refusing` (it has no distrusted
-// or superseded keys, only missing ones), so Keyring.refused never asks for
-// a re-verification. A token forged with the leaked key and used once
-// before the distrust keeps working there.
-func TestRedteamTrustSiteKeepsDistrustedKeyCached(t *testing.T) {
+// distrusted at the publisher (a token forged with the leaked key and used
+// once before the distrust). After the distrust the publisher's JWKS no
+// longer lists the kid and the trusting site reads it again: from then on
+// the trusting site refuses that token, although its verified-token cache
+// holds it (found by the red-team review: the cache kept accepting it until
+// its exp, 7 days by default, because the remote keyring never marked a kid
+// missing from the JWKS as refused), and refuses tokens of that key it has
+// never seen.
+func TestTrustSiteRefusesCachedTokenOfDistrustedKey(t *testing.T) {
 	ctx := context.Background()
 	st := nsstore.New(&certmagic.FileStorage{Path: t.TempDir()}, "ns1")
 	const origin = "https://a.example"
@@ -74,7 +75,7 @@ func TestRedteamTrustSiteKeepsDistrustedKeyCached(t *testing.T) {
 		t.Fatal("a token of the distrusted key, not cached, is accepted")
 	}
 	if _, _, err := verifier.Verify(ctx, used.Token, origin); err == nil {
-		t.Fatal("the trusting site still accepts a cached AZAT of a distrusted key (Keyring.refused: refusing is never set for a remote keyring)")
+		t.Fatal("the trusting site still accepts a cached AZAT of a distrusted key (Keyring.verifies: a kid the trusted JWKS no longer lists must be refused)")
 	}
 }
 

@@ -112,17 +112,27 @@ func (s *Service) MintFor(ctx context.Context, grantKey, origin string, lifetime
 // ErrRevoked means the token's jti is outside its grant's window.
 var ErrRevoked = errors.New("token revoked")
 
+// verifiedToken is an entry of the verified-token cache: the claims, and
+// the kid of the key that verified them, whose status is checked again on
+// every use (Keyring.verifies).
+type verifiedToken struct {
+	claims *Claims
+	kid    string
+}
+
 // Verify checks an AZAT offline (signature with a cached key, claims) and
 // against its grant (revocation window). Verified tokens are cached by
-// SHA-256 until their expiry, so repeated use skips the signature math.
+// SHA-256 until their expiry, so repeated use skips the signature math; a
+// cached token whose key stopped verifying since (distrusted, retired, or
+// no longer listed by the trusted JWKS) is verified again, and refused.
 func (s *Service) Verify(ctx context.Context, token, origin string) (*Claims, *Grant, error) {
 	if len(token) > MaxTokenSize {
 		return nil, nil, ErrTooLarge
 	}
 	h := sha256.Sum256([]byte(token))
 	now := time.Now()
-	c, _ := s.verified.Get(h, now)
-	return s.verify(ctx, token, h, c, origin, now)
+	v, _ := s.verified.Get(h, now)
+	return s.verify(ctx, token, h, v, origin, now)
 }
 
 // VerifyOwn is Recognizes and Verify in one pass (one cache lookup), for
@@ -133,33 +143,35 @@ func (s *Service) VerifyOwn(ctx context.Context, token string, h [32]byte, origi
 		return nil, nil, false, nil // PeekIssuer gives no issuer either
 	}
 	now := time.Now()
-	c, _ = s.verified.Get(h, now)
-	if !s.owns(token, c, origin) {
+	v, _ := s.verified.Get(h, now)
+	if !s.owns(token, v.claims, origin) {
 		return nil, nil, false, nil
 	}
-	c, g, err = s.verify(ctx, token, h, c, origin, now)
+	c, g, err = s.verify(ctx, token, h, v, origin, now)
 	return c, g, true, err
 }
 
-// verify finishes Verify: cached are the claims the cache holds for the
-// token's hash h, if any.
-func (s *Service) verify(ctx context.Context, token string, h [32]byte, cached *Claims, origin string, now time.Time) (*Claims, *Grant, error) {
+// verify finishes Verify: cached is what the cache holds for the token's
+// hash h (claims nil when nothing).
+func (s *Service) verify(ctx context.Context, token string, h [32]byte, cached verifiedToken, origin string, now time.Time) (*Claims, *Grant, error) {
 	s.refreshKeys(ctx)
 	current, retain := s.currentKid(), s.retain()
-	c := cached
+	c := cached.claims
 	if c != nil && !s.expected(c, origin) {
 		// Verified for another origin of this site (issuer and audience
 		// default to the request's origin): check it again for this one.
 		c = nil
 	}
-	if c != nil && s.keyring.refused(token, current, retain) {
-		// Verified before its key was distrusted or retired: the cache
-		// must not keep accepting it. Verify refuses it below.
+	if c != nil && !s.keyring.verifies(cached.kid, current, retain, now) {
+		// Verified before its key was distrusted or retired, or before the
+		// trusted JWKS stopped listing it: the cache must not keep
+		// accepting it. Verify refuses it below.
 		c = nil
 	}
 	if c == nil {
+		var kid string
 		var err error
-		c, err = Verify(token, func(kid string) jwk.Key { return s.keyring.Usable(ctx, kid, current, retain) },
+		c, err = Verify(token, func(k string) jwk.Key { kid = k; return s.keyring.Usable(ctx, k, current, retain) },
 			Expectations{Issuer: s.Issuer(origin), Audience: s.Audience(origin), Now: now})
 		if errors.Is(err, ErrUnknownKey) {
 			err = s.keyring.refusal(token, current, retain) // say why
@@ -167,7 +179,7 @@ func (s *Service) verify(ctx context.Context, token string, h [32]byte, cached *
 		if err != nil {
 			return nil, nil, err
 		}
-		s.verified.Put(h, c, time.Unix(c.Expiry, 0))
+		s.verified.Put(h, verifiedToken{claims: c, kid: kid}, time.Unix(c.Expiry, 0))
 	}
 	jti, _ := c.JTI()
 	g, err := s.grants.Load(ctx, c.Subject)
@@ -188,11 +200,11 @@ func (s *Service) verify(ctx context.Context, token string, h [32]byte, cached *
 // verified-token cache answers without decoding it); any other token is
 // when its unverified iss is this site's issuer. Never a verification.
 func (s *Service) Recognizes(token, origin string) bool {
-	var cached *Claims
+	var cached verifiedToken
 	if len(token) <= MaxTokenSize {
 		cached, _ = s.verified.Get(sha256.Sum256([]byte(token)), time.Now())
 	}
-	return s.owns(token, cached, origin)
+	return s.owns(token, cached.claims, origin)
 }
 
 // owns is the routing rule of Recognizes and VerifyOwn: cached, the claims
@@ -216,8 +228,10 @@ var ErrStore = errors.New("grant store unavailable")
 
 // ServeJWKS answers the public keys that verify: the current one and those
 // superseded within the token lifetime + RetireMargin, never a distrusted
-// one. Cached for jwksMaxAge seconds: a site trusting this JWKS drops a
-// retired or distrusted key within about that time.
+// one. Cached for jwksMaxAge seconds: a site trusting this JWKS reads it
+// every jwksMaxAge (remoteKeyringRefresh) and refuses a kid it no longer
+// lists from then on, so it drops a key retired or distrusted here within
+// keyringRefresh + jwksMaxAge.
 func (s *Service) ServeJWKS(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET")
