@@ -20,16 +20,7 @@ func TestBrowserHostPrefixCookies(t *testing.T) {
 	up := newUpstream(t)
 	site := startCaddy(t, oidcBlock(op, "cookie_secure on", "expose_tokens"), up, "")
 
-	err := chromedp.Run(ctx,
-		chromedp.Navigate(site.URL+"/app/page"),
-		chromedp.WaitVisible(`#password`, chromedp.ByID),
-		chromedp.SetValue(`#username`, testop.Username, chromedp.ByID),
-		chromedp.SetValue(`#password`, testop.Password, chromedp.ByID),
-		chromedp.Click(`button[type=submit]`, chromedp.ByQuery),
-	)
-	if err != nil {
-		t.Fatalf("browser login: %v", err)
-	}
+	browserLogin(t, ctx, site.URL+"/app/page")
 	waitLocation(t, ctx, site.URL+"/app/page")
 	var text, cookies string
 	if err := chromedp.Run(ctx, chromedp.WaitVisible(`body`, chromedp.ByQuery),

@@ -70,16 +70,7 @@ func TestBrowserLogin(t *testing.T) {
 	site := startCaddy(t, oidcBlock(op), up, "")
 
 	var text, loc string
-	err := chromedp.Run(ctx,
-		chromedp.Navigate(site.URL+"/app/report?id=7"),
-		chromedp.WaitVisible(`#password`, chromedp.ByID),
-		chromedp.SetValue(`#username`, testop.Username, chromedp.ByID),
-		chromedp.SetValue(`#password`, testop.Password, chromedp.ByID),
-		chromedp.Click(`button[type=submit]`, chromedp.ByQuery),
-	)
-	if err != nil {
-		t.Fatalf("browser login: %v", err)
-	}
+	browserLogin(t, ctx, site.URL+"/app/report?id=7")
 	// The browser goes through the provider, the callback and the redirect
 	// back: wait until it lands (queries during a navigation may fail).
 	waitLocation(t, ctx, site.URL+"/app/report")
@@ -105,7 +96,7 @@ func TestBrowserLogin(t *testing.T) {
 
 	// Logout: the GET page has a button; the POST ends the session at the
 	// provider, which sends the browser back; the next visit asks for login.
-	err = chromedp.Run(ctx,
+	err := chromedp.Run(ctx,
 		chromedp.Navigate(site.URL+"/auth/logout"),
 		chromedp.WaitVisible(`button[type=submit]`, chromedp.ByQuery),
 		chromedp.Click(`button[type=submit]`, chromedp.ByQuery),
@@ -125,6 +116,22 @@ func TestBrowserLogin(t *testing.T) {
 	}
 	if !strings.HasPrefix(loc, op.Issuer) {
 		t.Fatalf("after logout /app went to %s, want the provider's login", loc)
+	}
+}
+
+// browserLogin opens url in the browser, which the site sends to the
+// provider's login form, and logs in there as the test user.
+func browserLogin(t *testing.T, ctx context.Context, url string) {
+	t.Helper()
+	err := chromedp.Run(ctx,
+		chromedp.Navigate(url),
+		chromedp.WaitVisible(`#password`, chromedp.ByID),
+		chromedp.SetValue(`#username`, testop.Username, chromedp.ByID),
+		chromedp.SetValue(`#password`, testop.Password, chromedp.ByID),
+		chromedp.Click(`button[type=submit]`, chromedp.ByQuery),
+	)
+	if err != nil {
+		t.Fatalf("browser login: %v", err)
 	}
 }
 
@@ -208,18 +215,9 @@ func TestBrowserLogoutWithoutEndSession(t *testing.T) {
 	up := newUpstream(t)
 	site := startCaddy(t, oidcBlock(op), up, "")
 
-	err := chromedp.Run(ctx,
-		chromedp.Navigate(site.URL+"/app"),
-		chromedp.WaitVisible(`#password`, chromedp.ByID),
-		chromedp.SetValue(`#username`, testop.Username, chromedp.ByID),
-		chromedp.SetValue(`#password`, testop.Password, chromedp.ByID),
-		chromedp.Click(`button[type=submit]`, chromedp.ByQuery),
-	)
-	if err != nil {
-		t.Fatalf("browser login: %v", err)
-	}
+	browserLogin(t, ctx, site.URL+"/app")
 	waitLocation(t, ctx, site.URL+"/app")
-	err = chromedp.Run(ctx,
+	err := chromedp.Run(ctx,
 		chromedp.Navigate(site.URL+"/auth/logout"),
 		chromedp.WaitVisible(`button[type=submit]`, chromedp.ByQuery),
 		chromedp.Click(`button[type=submit]`, chromedp.ByQuery),

@@ -129,11 +129,7 @@ func (o *OIDC) serveDevice(w http.ResponseWriter, r *http.Request, p *provider) 
 		data.User = s.Identity.Subject
 	}
 	page := func(status int) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		w.Header().Set("Cache-Control", "no-store")
-		w.Header().Set("X-Content-Type-Options", "nosniff")
-		w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")
-		w.Header().Set("X-Frame-Options", "DENY")
+		pageHeaders(w, "'self'")
 		w.WriteHeader(status)
 		_ = devicePage.Execute(w, data)
 	}

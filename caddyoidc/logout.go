@@ -44,10 +44,7 @@ func serveLoggedOut(w http.ResponseWriter, r *http.Request, login string) {
 		writeJSON(w, http.StatusMethodNotAllowed, oauthError{Error: "invalid_request", ErrorDescription: "GET"})
 		return
 	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; form-action 'none'")
+	pageHeaders(w, "'none'")
 	_ = loggedOutPage.Execute(w, login)
 }
 
@@ -56,17 +53,15 @@ func serveLoggedOut(w http.ResponseWriter, r *http.Request, login string) {
 func (o *OIDC) serveLogout(w http.ResponseWriter, r *http.Request, p *provider) {
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		w.Header().Set("Cache-Control", "no-store")
 		// form-action also applies to the redirects that follow the POST:
 		// the provider's end_session_endpoint and post_logout_redirect.
-		csp := "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; form-action 'self'"
+		formAction := "'self'"
 		for _, target := range []string{p.meta.EndSessionEndpoint, o.rt.postLogoutURL} {
 			if u, err := url.Parse(target); err == nil && u.Host != "" && (u.Scheme == "https" || u.Scheme == "http") {
-				csp += " " + u.Scheme + "://" + u.Host
+				formAction += " " + u.Scheme + "://" + u.Host
 			}
 		}
-		w.Header().Set("Content-Security-Policy", csp)
+		pageHeaders(w, formAction)
 		_ = logoutPage.Execute(w, o.Routes+"/logout")
 		return
 	case http.MethodPost:
