@@ -12,12 +12,20 @@
 #   cookie  oidc, sealed cookie session (Cookie header)
 #   bearer  the same oidc config, a provider JWT access token (Authorization)
 #   azat    oidc { ... azat }, an AZAT minted by /auth/token (Authorization)
+#   oracle  no authentication, but reverse_proxy forwards what oidc would:
+#           static header_up lines for Authorization (a token of the same
+#           size) and the X-Auth-Request-* identity headers, and the
+#           client's Cookie removed: the limit for any authenticating proxy
+#           in Caddy. Scenarios oracle-cookie, oracle-bearer, oracle-azat
+#           send it the same request header as cookie, bearer, azat.
 #
 # then runs wrk against each, ROUNDS times interleaved with plain (plain,
 # cookie, plain, bearer, plain, azat, plain, ...), and prints a Markdown table
 # of the medians over the rounds: req/s, p50, p99, and the median of each
 # run's req/s relative to the plain runs just before and after it (paired
-# ratios: the machine's speed drifts within minutes). Everything it starts is
+# ratios: the machine's speed drifts within minutes), and for cookie,
+# bearer and azat the median over the rounds of their req/s relative to
+# their oracle-* run of the same round. Everything it starts is
 # stopped on exit; no traffic leaves 127.0.0.1.
 #
 # Environment:
@@ -29,7 +37,8 @@
 #                     ratio); also plain-cookie, plain-bearer, plain-azat: the
 #                     plain site sent the same header as cookie/bearer/azat
 #                     (ignored there), to tell the cost of the bigger request
-#                     from the cost of the oidc handler
+#                     from the cost of the oidc handler; oracle-cookie,
+#                     oracle-bearer, oracle-azat (see oracle above)
 #   PORT_BASE=18180   sites on +1..+4, upstream +10, admin +18, OP +19
 #   PROFILE="cookie"  after the measured rounds, enable Caddy's admin endpoint
 #                     (127.0.0.1:PORT_BASE+18) and, for each listed scenario,
@@ -70,6 +79,7 @@ P_PLAIN=$((PORT_BASE + 1))
 P_COOKIE=$((PORT_BASE + 2))
 P_BEARER=$((PORT_BASE + 3))
 P_AZAT=$((PORT_BASE + 4))
+P_ORACLE=$((PORT_BASE + 5))
 P_UPSTREAM=$((PORT_BASE + 10))
 P_ADMIN=$((PORT_BASE + 18))
 P_OP=$((PORT_BASE + 19))
@@ -87,6 +97,7 @@ port_of() {
 	cookie) echo "$P_COOKIE" ;;
 	bearer) echo "$P_BEARER" ;;
 	azat) echo "$P_AZAT" ;;
+	oracle-cookie | oracle-bearer | oracle-azat) echo "$P_ORACLE" ;;
 	*) die "unknown scenario $1" ;;
 	esac
 }
@@ -104,7 +115,7 @@ if ! command -v wrk >/dev/null; then
 fi
 
 port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-for p in "$P_PLAIN" "$P_COOKIE" "$P_BEARER" "$P_AZAT" "$P_UPSTREAM" "$P_OP" "$P_ADMIN"; do
+for p in "$P_PLAIN" "$P_COOKIE" "$P_BEARER" "$P_AZAT" "$P_ORACLE" "$P_UPSTREAM" "$P_OP" "$P_ADMIN"; do
 	port_busy "$p" && die "$HOST:$p is already in use (set PORT_BASE=...)"
 done
 
@@ -156,6 +167,7 @@ wait_up() { # URL PID NAME LOG
 	die "$3 did not answer on $1"
 }
 
+ORACLE_TOKEN=$(head -c 675 /dev/urandom | base64 -w0 | tr '+/' '-_' | head -c 900)
 write_caddyfile() { # ADMIN(off|addr)
 	local oidc="issuer http://$HOST:$P_OP
 		client_id demo
@@ -195,6 +207,20 @@ http://$HOST:$P_BEARER {
 		$oidc
 	}
 	reverse_proxy $HOST:$P_UPSTREAM
+}
+
+# oracle: what an authenticating proxy forwards, from static lines (the
+# user's identity headers as oidc sends them, a provider token of 900 bytes)
+http://$HOST:$P_ORACLE {
+	bind $HOST
+	reverse_proxy $HOST:$P_UPSTREAM {
+		header_up -Cookie
+		header_up Authorization "Bearer $ORACLE_TOKEN"
+		header_up X-Auth-Request-User id1
+		header_up X-Auth-Request-Email test-user@zitadel.ch
+		header_up X-Auth-Request-Preferred-Username test-user@localhost
+		header_up X-Auth-Request-Groups admin,users
+	}
 }
 
 # azat: oidc with AZATs, used with an AZAT
@@ -250,6 +276,7 @@ hdr_of() { # scenario -> header line ("" for plain)
 	case $1 in
 	plain) echo "" ;;
 	plain-*) cat "$WORK/hdr/${1#plain-}.hdr" ;;
+	oracle-*) cat "$WORK/hdr/${1#oracle-}.hdr" ;;
 	*) cat "$WORK/hdr/$1.hdr" ;;
 	esac
 }
@@ -407,16 +434,25 @@ paired() {
 	[[ $1 == plain ]] && { echo "1 1 1"; return; }
 	echo "$(median <"$WORK/ratios-$1.txt") $(sort -g "$WORK/ratios-$1.txt" | head -1) $(sort -g "$WORK/ratios-$1.txt" | tail -1)"
 }
+# to_oracle S: for cookie, bearer, azat with oracle-S measured, each
+# round's req/s of S over that round's oracle-S, as "median min max".
+to_oracle() {
+	[[ -f $WORK/results-oracle-$1.txt ]] || { echo "- - -"; return; }
+	paste -d' ' "$WORK/results-$1.txt" "$WORK/results-oracle-$1.txt" | awk '{print $1 / $8}' >"$WORK/oracle-ratios-$1.txt"
+	echo "$(median <"$WORK/oracle-ratios-$1.txt") $(sort -g "$WORK/oracle-ratios-$1.txt" | head -1) $(sort -g "$WORK/oracle-ratios-$1.txt" | tail -1)"
+}
 PLAIN_RPS=$(col plain 1)
 {
-	echo "| scenario | req/s | p50 (ms) | p99 (ms) | ratio to plain (paired, median) | paired min-max | Caddy CPU µs/req |"
-	echo "|---|---:|---:|---:|---:|---:|---:|"
+	echo "| scenario | req/s | p50 (ms) | p99 (ms) | ratio to plain (paired, median) | paired min-max | ratio to its oracle (per round, median) | min-max | Caddy CPU µs/req |"
+	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 	for s in $SCENARIOS; do
 		rps=$(col "$s" 1)
 		read -r pm pmin pmax <<<"$(paired "$s")"
+		read -r om omin omax <<<"$(to_oracle "$s")"
 		awk -v s="$s" -v rps="$rps" -v p50="$(col "$s" 2)" -v p99="$(col "$s" 3)" -v cpu="$(col "$s" 4)" \
-			-v pm="$pm" -v pmin="$pmin" -v pmax="$pmax" \
-			'BEGIN { printf "| %s | %.0f | %.2f | %.2f | %.2fx | %.2f-%.2f | %.0f |\n", s, rps, p50, p99, pm, pmin, pmax, cpu }'
+			-v pm="$pm" -v pmin="$pmin" -v pmax="$pmax" -v om="$om" -v omin="$omin" -v omax="$omax" \
+			'BEGIN { o = (om == "-") ? "| - | -" : sprintf("| %.3fx | %.2f-%.2f", om, omin, omax)
+			printf "| %s | %.0f | %.2f | %.2f | %.2fx | %.2f-%.2f %s | %.0f |\n", s, rps, p50, p99, pm, pmin, pmax, o, cpu }'
 	done
 } >"$WORK/table.md"
 
