@@ -1,7 +1,11 @@
 package caddyoidc_test
 
 import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -113,5 +117,71 @@ func TestRedteam2SecondSubLogoutMissedByOtherInstances(t *testing.T) {
 	}
 	if !waitRefused(atB, b, 12*time.Second) {
 		t.Fatal("a second back-channel logout of the same user is never seen by the other instance: its session lives on there")
+	}
+}
+
+// loginAs is login for another test user, starting at <routes>/login.
+func loginAs(t *testing.T, c *http.Client, op *testop.OP, site, user, password string) {
+	t.Helper()
+	cb, err := op.Login(context.Background(), c, site+"/auth/login", user, password)
+	if err != nil {
+		t.Fatalf("login at the OP: %v", err)
+	}
+	if resp := get(t, c, cb, navigate...); resp.StatusCode != http.StatusFound {
+		t.Fatalf("callback: status %d: %s", resp.StatusCode, body(t, resp))
+	}
+}
+
+// TestRedteam2LogoutEndsTheTossedSessionAtTheProvider: a sibling
+// subdomain tosses the attacker's own (valid) session chunk into the
+// victim's browser. The victim's logout ends every candidate session
+// locally (the fix), but sends the provider the id_token_hint of
+// sessions[0], the first cookie in the header: the attacker's. The
+// provider ends the attacker's session (or refuses the hint) and the
+// victim's single sign-on session lives on: on a shared computer the next
+// person to press "log in" is the victim without a password, and the log
+// line names the attacker. The RP-initiated logout must name the session
+// the browser's real cookie opens (or the victim's, never a stranger's).
+func TestRedteam2LogoutEndsTheTossedSessionAtTheProvider(t *testing.T) {
+	op := startOP(t, testop.Options{})
+	up := newUpstream(t)
+	site := startCaddy(t, oidcBlock(op), up, "")
+	victim, attacker := browser(), browser()
+	login(t, victim, op, site.URL, "/")
+	loginAs(t, attacker, op, site.URL, testop.Username2, testop.Password2)
+	u, _ := url.Parse(site.URL)
+	var tossed string
+	for _, ck := range attacker.Jar.Cookies(u) {
+		if ck.Name == "caddy_oidc_0" {
+			tossed = ck.Value
+		}
+	}
+	if tossed == "" {
+		t.Fatal("attacker has no session cookie")
+	}
+	hintSub := func(resp *http.Response) string {
+		t.Helper()
+		loc, err := resp.Location()
+		if err != nil {
+			t.Fatalf("logout: %d, no Location", resp.StatusCode)
+		}
+		hint := loc.Query().Get("id_token_hint")
+		parts := strings.Split(hint, ".")
+		if len(parts) != 3 {
+			t.Fatalf("logout went to %s without an id_token_hint", loc)
+		}
+		b, _ := base64.RawURLEncoding.DecodeString(parts[1])
+		var c struct{ Sub string }
+		_ = json.Unmarshal(b, &c)
+		return c.Sub
+	}
+	resp := do(t, victim, "POST", site.URL+"/auth/logout", "Cookie", "caddy_oidc_0="+tossed)
+	// Legitimate flow: a logout without a tossed cookie names its own user.
+	if sub := hintSub(do(t, attacker, "POST", site.URL+"/auth/logout")); sub != testop.UserID2 {
+		t.Fatalf("legitimate flow: the attacker's own logout names %q", sub)
+	}
+	if sub := hintSub(resp); sub != testop.UserID {
+		t.Fatalf("the victim's logout sent the provider the id_token_hint of %q (the tossed session), not the victim's %q: "+
+			"the victim's provider session is not ended", sub, testop.UserID)
 	}
 }
