@@ -188,3 +188,75 @@ func TestRedteam2LogoutEndsTheTossedSessionAtTheProvider(t *testing.T) {
 			"the victim's provider session is not ended", sub, testop.UserID)
 	}
 }
+
+// TestRedteam2RoleRemovalNeverAppliesOnRefresh: require_role admin. The
+// user is removed from their last group at the provider, which then leaves
+// the groups claim out of its tokens (as providers do for an empty list).
+// A refresh verifies the new ID token but copies back every claim of the
+// old identity that the new token lacks (refreshAtIdP: "keep claims that
+// only came from userinfo"), the old groups included, so the user keeps
+// admin on every refresh until session_lifetime; with azat the grant
+// stores the stale claims and its AZATs carry admin too. Removing one of
+// two groups works (the claim is present, with the new value).
+func TestRedteam2RoleRemovalNeverAppliesOnRefresh(t *testing.T) {
+	for _, mode := range []string{"session", "azat"} {
+		t.Run(mode, func(t *testing.T) {
+			op := startOP(t, testop.Options{})
+			up := newUpstream(t)
+			extra := []string{"require_role admin"}
+			if mode == "azat" {
+				extra = append(extra, "azat")
+			}
+			site := startCaddy(t, oidcBlock(op, extra...), up, "")
+			refresh := func(c *http.Client) map[string]any {
+				t.Helper()
+				resp := do(t, c, "POST", site.URL+"/auth/refresh", "Sec-Fetch-Site", "same-origin")
+				if resp.StatusCode != 200 {
+					t.Fatalf("refresh: %d %s", resp.StatusCode, body(t, resp))
+				}
+				var out struct {
+					IDToken string `json:"id_token"`
+				}
+				_ = json.NewDecoder(resp.Body).Decode(&out)
+				parts := strings.Split(out.IDToken, ".")
+				if len(parts) != 3 {
+					t.Fatalf("refresh answered no id token")
+				}
+				b, _ := base64.RawURLEncoding.DecodeString(parts[1])
+				var claims map[string]any
+				_ = json.Unmarshal(b, &claims)
+				return claims
+			}
+			// Legitimate flow: admin removed, another group kept: refused.
+			c := browser()
+			if resp := login(t, c, op, site.URL, "/"); resp.StatusCode != 200 {
+				t.Fatalf("admin after login: %d", resp.StatusCode)
+			}
+			if err := op.SetGroups(testop.Username, []string{"users"}); err != nil {
+				t.Fatal(err)
+			}
+			refresh(c)
+			if resp := get(t, c, site.URL+"/api"); resp.StatusCode != http.StatusForbidden {
+				t.Fatalf("legitimate flow: admin removed (users kept), after a refresh: %d", resp.StatusCode)
+			}
+			// The attack: admin was the last group.
+			if err := op.SetGroups(testop.Username, []string{"admin"}); err != nil {
+				t.Fatal(err)
+			}
+			c2 := browser()
+			if resp := login(t, c2, op, site.URL, "/"); resp.StatusCode != 200 {
+				t.Fatalf("admin after login: %d", resp.StatusCode)
+			}
+			if err := op.SetGroups(testop.Username, nil); err != nil {
+				t.Fatal(err)
+			}
+			if claims := refresh(c2); claims["groups"] != nil {
+				t.Fatalf("the provider still asserts groups %v", claims["groups"])
+			}
+			if resp := get(t, c2, site.URL+"/api"); resp.StatusCode != http.StatusForbidden {
+				t.Fatalf("the user was removed from every group at the provider, and after a refresh (whose ID token has no groups) "+
+					"still passes require_role admin: %d, groups header %q", resp.StatusCode, up.header().Get("X-Auth-Request-Groups"))
+			}
+		})
+	}
+}
