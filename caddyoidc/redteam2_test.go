@@ -271,3 +271,41 @@ func TestRedteam2RoleRemovalNeverAppliesOnRefresh(t *testing.T) {
 		})
 	}
 }
+
+// TestRedteam2IDTokenFromLogoutURLMintsAZAT: with bearer_id_token_shaped
+// accept (dex), mint_from_bearer and azat { logout keep }, the ID token is
+// an access token issued to this client (azp = client_id), so it mints a
+// 7-day AZAT. The logout redirect puts that ID token in a URL
+// (id_token_hint): browser history, the provider's access log, any proxy
+// log. After the user logged out, whoever reads it gets a new AZAT for the
+// user. An ID token must never mint (checkIDShape's marker, or its
+// at_hash/nonce, should refuse it in serveToken), whatever
+// bearer_id_token_shaped says for upstream access.
+func TestRedteam2IDTokenFromLogoutURLMintsAZAT(t *testing.T) {
+	op := startOP(t, testop.Options{})
+	up := newUpstream(t)
+	site := startCaddy(t, oidcBlock(op, "bearer_id_token_shaped accept", "mint_from_bearer",
+		"azat {\n\t\t\tlogout keep\n\t\t}"), up, "")
+	c := browser()
+	login(t, c, op, site.URL, "/")
+	resp := do(t, c, "POST", site.URL+"/auth/logout")
+	loc, err := resp.Location()
+	if err != nil {
+		t.Fatalf("logout: %d", resp.StatusCode)
+	}
+	idToken := loc.Query().Get("id_token_hint")
+	if idToken == "" {
+		t.Fatalf("logout went to %s without an id_token_hint", loc)
+	}
+	// Legitimate flow: the logged-out browser gets no token.
+	if resp := get(t, c, site.URL+"/auth/token", "Sec-Fetch-Site", "same-origin"); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("legitimate flow: /auth/token after logout: %d", resp.StatusCode)
+	}
+	resp = get(t, browser(), site.URL+"/auth/token", "Authorization", "Bearer "+idToken)
+	if resp.StatusCode == 200 {
+		var m struct{ Token string }
+		_ = json.NewDecoder(resp.Body).Decode(&m)
+		code := get(t, browser(), site.URL+"/api", "Authorization", "Bearer "+m.Token).StatusCode
+		t.Fatalf("the ID token from the logout URL minted an AZAT after logout (the AZAT answers %d)", code)
+	}
+}
