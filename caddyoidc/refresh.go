@@ -159,11 +159,18 @@ func (o *OIDC) refreshAtIdP(ctx context.Context, p *provider, s *session) (*sess
 			o.logger.Warn("refreshed id token rejected; session ends", zap.String("sub", s.Identity.Subject), errField(err))
 			return nil, errGrantGone
 		}
-		// Keep claims that only came from userinfo at login.
+		// Keep the claims that came from elsewhere (userinfo at login), not
+		// those the previous ID token asserted: a claim the provider dropped
+		// (a removed group) is gone.
+		prev := unverifiedClaims(s.IDToken)
 		for k, v := range s.Identity.Claims {
-			if _, ok := claims[k]; !ok {
-				claims[k] = v
+			if _, ok := claims[k]; ok {
+				continue
 			}
+			if _, asserted := prev[k]; asserted {
+				continue
+			}
+			claims[k] = v
 		}
 		ns.IDToken = rawID
 		ns.Identity = newIdentity(claims, o.RolesClaim, unverifiedClaims(tok.AccessToken))

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io/fs"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -33,7 +34,15 @@ type revocation struct {
 	Until int64 `json:"until"` // when every affected session has expired
 }
 
-func (r revocation) storageKey() string { return revokedPrefix + r.Kind + "-" + r.Key }
+// storageKey is one key per revocation event for a user (a later sub
+// logout must not overwrite an earlier record that instances already
+// loaded), one per session or provider session otherwise.
+func (r revocation) storageKey() string {
+	if r.Kind == "sub" && r.AtMs != 0 {
+		return revokedPrefix + r.Kind + "-" + r.Key + "-" + strconv.FormatInt(r.AtMs, 10)
+	}
+	return revokedPrefix + r.Kind + "-" + r.Key
+}
 
 // atMs is the revocation time in milliseconds (records without at_ms: the
 // end of their second).
