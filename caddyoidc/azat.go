@@ -227,6 +227,14 @@ func (o *OIDC) serveToken(w http.ResponseWriter, r *http.Request, p *provider) {
 			o.writeError(w, r, http.StatusForbidden, "access_denied", "the access token was not issued to this site's client (azp/client_id)")
 			return
 		}
+		// Never for a token shaped like an ID token, whatever
+		// bearer_id_token_shaped says: ID tokens travel in logout URLs and
+		// browser history, and would outlive the login they came from.
+		if claim := idTokenMarker(id.Claims); claim != "" {
+			o.logger.Info("azat mint refused: the bearer token is shaped like an ID token", zap.String("claim", claim))
+			o.writeError(w, r, http.StatusForbidden, "access_denied", "an ID token cannot be exchanged for a token")
+			return
+		}
 	default:
 		o.writeError(w, r, http.StatusBadRequest, "invalid_request", "an AZAT cannot be exchanged for another; use your provider login")
 		return

@@ -243,45 +243,45 @@ func readChunked(r *http.Request, c cookieOpts) string {
 	return b.String()
 }
 
-// maxCandidates bounds chunkCandidates.
-const maxCandidates = 16
+// maxCandidates bounds chunkCandidates (a browser keeps about 180 cookies
+// per site, so every single-chunk value fits).
+const maxCandidates = 256
 
 // chunkCandidates lists every value the request's session chunks could
-// form when some of them come twice (a cookie tossed in beside ours): each
-// choice of one value per chunk index 0..n-1, at most maxCandidates. Only
+// form when some of them come twice or stray chunks stand beside them (a
+// cookie tossed in beside ours): each chunk-0 value alone, then each choice
+// of one value per chunk index 0..n-1 for n = 2, 3, ...; at most
+// maxCandidates, and complete is false when that bound cut the list. Only
 // logout uses it, to end the session whichever copy is ours; the request
 // path never picks one (readChunked).
-func chunkCandidates(r *http.Request, c cookieOpts) []string {
+func chunkCandidates(r *http.Request, c cookieOpts) (out []string, complete bool) {
 	var vals [maxChunks][]string
 	n := 0
 	cookiePairs(r, func(name, value string) bool {
 		kind, i, active := c.classify(name)
-		if kind != chunkCookie || !active || value == "" || slices.Contains(vals[i], value) || len(vals[i]) >= 4 {
+		if kind != chunkCookie || !active || value == "" || slices.Contains(vals[i], value) {
 			return true
 		}
 		vals[i] = append(vals[i], value)
 		n = max(n, i+1)
 		return true
 	})
-	out := []string{""}
-	for i := 0; i < n; i++ {
-		if len(vals[i]) == 0 {
-			return nil // a gap: no value forms a session
-		}
+	complete = true
+	prefixes := []string{""}
+	for i := 0; i < n && len(vals[i]) > 0; i++ {
 		var next []string
-		for _, prefix := range out {
+		for _, p := range prefixes {
 			for _, v := range vals[i] {
-				if len(next) < maxCandidates {
-					next = append(next, prefix+v)
+				if len(out) >= maxCandidates {
+					return out, false
 				}
+				next = append(next, p+v)
+				out = append(out, p+v)
 			}
 		}
-		out = next
+		prefixes = next
 	}
-	if n == 0 {
-		return nil
-	}
-	return out
+	return out, complete
 }
 
 // writeChunked sets value as the session chunks and expires every other

@@ -295,16 +295,16 @@ func TestChunkCandidates(t *testing.T) {
 	}{
 		{"c_0=a", []string{"a"}},
 		{"c_0=a; c_0=t", []string{"a", "t"}},
-		{"c_0=a; c_1=b; c_1=x", []string{"ab", "ax"}},
+		{"c_0=a; c_1=b; c_1=x", []string{"a", "ab", "ax"}},
 		{"c_0=a; c_0=a", []string{"a"}},
-		{"c_1=b", nil},                 // a gap
-		{"other=1", nil},               // none of ours
-		{"c_0=a; c_2=b; c_0=t", nil},   // a gap at 1
-		{"c_0=; c_0=a", []string{"a"}}, // empty values are no candidate
+		{"c_1=b", nil},                              // no chunk 0
+		{"other=1", nil},                            // none of ours
+		{"c_0=a; c_2=b; c_0=t", []string{"a", "t"}}, // a gap at 1
+		{"c_0=; c_0=a", []string{"a"}},              // empty values are no candidate
 	} {
 		r := httptest.NewRequest("POST", "http://app.example/auth/logout", nil)
 		r.Header.Set("Cookie", tt.cookie)
-		if got := chunkCandidates(r, opts); !slices.Equal(got, tt.want) {
+		if got, complete := chunkCandidates(r, opts); !slices.Equal(got, tt.want) || !complete {
 			t.Errorf("%q: %q, want %q", tt.cookie, got, tt.want)
 		}
 	}
@@ -317,7 +317,7 @@ func TestChunkCandidates(t *testing.T) {
 		}
 	}
 	r.Header.Set("Cookie", strings.Join(h, "; "))
-	if got := chunkCandidates(r, opts); len(got) > maxCandidates {
-		t.Fatalf("%d candidates, want at most %d", len(got), maxCandidates)
+	if got, complete := chunkCandidates(r, opts); len(got) > maxCandidates || complete {
+		t.Fatalf("%d candidates (complete %v), want at most %d and incomplete", len(got), complete, maxCandidates)
 	}
 }

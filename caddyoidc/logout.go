@@ -2,6 +2,7 @@ package caddyoidc
 
 import (
 	"context"
+	"errors"
 	"html/template"
 	"net/http"
 	"net/url"
@@ -76,6 +77,13 @@ func (o *OIDC) serveLogout(w http.ResponseWriter, r *http.Request, p *provider) 
 		return
 	}
 	sessions, err := o.logoutSessions(r)
+	if errors.Is(err, errTooManyCookies) {
+		o.logger.Warn("logout refused: the browser sent more session cookies than are tried", zap.String("remote", r.RemoteAddr))
+		o.clearSession(w, r, nil)
+		o.writeError(w, r, http.StatusBadRequest, "invalid_request",
+			"this browser sent many conflicting session cookies for this site; your session could not be identified, so it may still be active elsewhere: close the browser and clear this site's cookies")
+		return
+	}
 	if err != nil {
 		o.logger.Error("logout: loading the session failed", errField(err))
 		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "sessions are unavailable; retry")
@@ -97,10 +105,20 @@ func (o *OIDC) serveLogout(w http.ResponseWriter, r *http.Request, p *provider) 
 		target = o.rt.postLogoutURL
 	}
 	if len(sessions) > 0 {
-		s := sessions[0]
-		o.logger.Info("logout", zap.String("sub", s.Identity.Subject), zap.Int("sessions", len(sessions)))
+		subs := make([]string, len(sessions))
+		for i, s := range sessions {
+			subs[i] = s.Identity.Subject
+		}
+		o.logger.Info("logout", zap.Strings("sub", subs))
 		if p.meta.EndSessionEndpoint != "" {
-			target = o.endSessionURL(r, p, s)
+			// With several candidates (a tossed-in session beside ours), no
+			// id_token_hint: naming the wrong one would end another user's
+			// session at the provider and leave ours open there.
+			var hint *session
+			if len(sessions) == 1 {
+				hint = sessions[0]
+			}
+			target = o.endSessionURL(r, p, hint)
 		}
 	}
 	w.Header().Set("Cache-Control", "no-store")
@@ -133,14 +151,14 @@ func (o *OIDC) endSession(ctx context.Context, p *provider, s *session) error {
 }
 
 // endSessionURL builds the RP-initiated logout request (OpenID Connect
-// RP-Initiated Logout 1.0).
+// RP-Initiated Logout 1.0); s, when known, gives the id_token_hint.
 func (o *OIDC) endSessionURL(r *http.Request, p *provider, s *session) string {
 	u, err := url.Parse(p.meta.EndSessionEndpoint)
 	if err != nil {
 		return o.Routes + "/logged-out"
 	}
 	q := u.Query()
-	if s.IDToken != "" {
+	if s != nil && s.IDToken != "" {
 		q.Set("id_token_hint", s.IDToken)
 	}
 	q.Set("client_id", o.rt.clientID)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io/fs"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -64,23 +65,33 @@ func (o *OIDC) sessionFromCookie(ctx context.Context, raw string) (*session, err
 // when its chunks come twice (a cookie tossed in beside ours), every
 // session one of the possible values opens, so that the real one ends
 // whichever copy it is.
+//
+// errTooManyCookies: the request carries more candidate values than are
+// tried, and none of those tried opened: the logout cannot tell whether it
+// ended the session, so it must not say it did.
 func (o *OIDC) logoutSessions(r *http.Request) ([]*session, error) {
 	s, err := o.loadSession(r)
 	if err != nil || s != nil {
 		return []*session{s}, err
 	}
+	cands, complete := chunkCandidates(r, o.cookieOpts(r))
 	var out []*session
-	for _, raw := range chunkCandidates(r, o.cookieOpts(r)) {
+	for _, raw := range cands {
 		s, err := o.sessionFromCookie(r.Context(), raw)
 		if err != nil {
 			return nil, err
 		}
-		if s != nil {
+		if s != nil && !slices.ContainsFunc(out, func(x *session) bool { return x.ID == s.ID }) {
 			out = append(out, s)
 		}
 	}
+	if len(out) == 0 && !complete {
+		return nil, errTooManyCookies
+	}
 	return out, nil
 }
+
+var errTooManyCookies = errors.New("too many session cookies to tell which is ours")
 
 func (o *OIDC) sessionPurpose() string {
 	if o.Session == "store" {
