@@ -266,7 +266,6 @@ func chunkCandidates(r *http.Request, c cookieOpts) (out []string, complete bool
 		n = max(n, i+1)
 		return true
 	})
-	complete = true
 	prefixes := []string{""}
 	for i := 0; i < n && len(vals[i]) > 0; i++ {
 		var next []string
@@ -281,7 +280,7 @@ func chunkCandidates(r *http.Request, c cookieOpts) (out []string, complete bool
 		}
 		prefixes = next
 	}
-	return out, complete
+	return out, true
 }
 
 // writeChunked sets value as the session chunks and expires every other

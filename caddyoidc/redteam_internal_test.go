@@ -2,13 +2,8 @@ package caddyoidc
 
 import (
 	"context"
-	"strings"
 	"testing"
 	"time"
-
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/certmagic"
-	"go.uber.org/zap"
 
 	"github.com/caddy-oidc/caddy-oidc/internal/seal"
 )
@@ -23,13 +18,7 @@ import (
 // code sweep keeps a cursor; this one needs one too.
 func TestRedteamSweepStuckBehindLiveSessions(t *testing.T) {
 	ctx := context.Background()
-	st := &certmagic.FileStorage{Path: t.TempDir()}
-	o := &OIDC{Issuer: "http://127.0.0.1:1", ClientID: "web", CookieSecret: strings.Repeat("s", 32),
-		Session: "store", SessionLifetime: caddy.Duration(time.Hour)}
-	if err := o.provision(ctx, zap.NewNop(), st); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = o.Cleanup() })
+	o, _ := storeHandler(t)
 	now := time.Now()
 	store := func(id string, created time.Time) {
 		s := &session{ID: id, AccessToken: "at", Created: created.Unix(), Identity: &identity{Issuer: o.Issuer, Subject: "u"}}

@@ -71,8 +71,11 @@ func (o *OIDC) sessionFromCookie(ctx context.Context, raw string) (*session, err
 // ended the session, so it must not say it did.
 func (o *OIDC) logoutSessions(r *http.Request) ([]*session, error) {
 	s, err := o.loadSession(r)
-	if err != nil || s != nil {
-		return []*session{s}, err
+	if err != nil {
+		return nil, err
+	}
+	if s != nil {
+		return []*session{s}, nil
 	}
 	cands, complete := chunkCandidates(r, o.cookieOpts(r))
 	var out []*session

@@ -20,13 +20,7 @@ import (
 // request path is deleted there too.
 func TestSweepDeletesExpired(t *testing.T) {
 	ctx := context.Background()
-	st := &certmagic.FileStorage{Path: t.TempDir()}
-	o := &OIDC{Issuer: "http://127.0.0.1:1", ClientID: "web", CookieSecret: strings.Repeat("s", 32),
-		Session: "store", SessionLifetime: caddy.Duration(time.Hour)}
-	if err := o.provision(ctx, zap.NewNop(), st); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = o.Cleanup() })
+	o, st := storeHandler(t)
 	now := time.Now()
 	mk := func(created time.Time, sub string) *session {
 		s := &session{ID: seal.RandomString(32), AccessToken: "at", Created: created.Unix(), ProviderSID: "psid-" + sub,
@@ -95,4 +89,18 @@ func TestSweepDeletesExpired(t *testing.T) {
 	if keys, _ := st.List(ctx, "caddy-oidc", false); len(keys) != 1 || keys[0] != "caddy-oidc/ns" {
 		t.Fatalf("keys outside the namespace: %v", keys)
 	}
+}
+
+// storeHandler is a handler with `session store` and a one-hour lifetime on
+// a file storage of its own, for tests inside the package.
+func storeHandler(t *testing.T) (*OIDC, *certmagic.FileStorage) {
+	t.Helper()
+	st := &certmagic.FileStorage{Path: t.TempDir()}
+	o := &OIDC{Issuer: "http://127.0.0.1:1", ClientID: "web", CookieSecret: strings.Repeat("s", 32),
+		Session: "store", SessionLifetime: caddy.Duration(time.Hour)}
+	if err := o.provision(context.Background(), zap.NewNop(), st); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = o.Cleanup() })
+	return o, st
 }
