@@ -58,9 +58,9 @@ func newBenchEnv() (*benchEnv, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := &OIDC{Issuer: op.Issuer, ClientID: testop.WebClientID, ClientSecret: testop.WebClientSecret,
-		Scopes: []string{"openid", "profile", "email", "offline_access"}, CookieSecret: strings.Repeat("s", 32),
-		AZAT: &azatauth.Config{Issuer: "https://proxy.example"}}
+	o := &OIDC{Provider: Provider{Issuer: op.Issuer, ClientID: testop.WebClientID, ClientSecret: testop.WebClientSecret, Scopes: []string{"openid", "profile", "email", "offline_access"}},
+		CookieSecret: strings.Repeat("s", 32),
+		AZAT:         &azatauth.Config{Issuer: "https://proxy.example"}}
 	dir, err := makeTempDir()
 	if err != nil {
 		return nil, err

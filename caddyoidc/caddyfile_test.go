@@ -116,7 +116,7 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 
 func TestValidate(t *testing.T) {
 	base := func() *OIDC {
-		return &OIDC{Issuer: "https://idp.example.com", ClientID: "c", Site: "app.example.com", Scopes: []string{"openid"}, Session: "cookie",
+		return &OIDC{Provider: Provider{Issuer: "https://idp.example.com", ClientID: "c", Scopes: []string{"openid"}}, Site: "app.example.com", Session: "cookie",
 			PassToken: "access", CookieSameSite: "lax", SessionLifetime: 100, RefreshBefore: 1}
 	}
 	tests := []struct {

@@ -51,7 +51,7 @@ func browserRequest() *http.Request {
 // BenchmarkRemoveIdentityHeaders: the per-request scan for forged identity
 // headers on a browser request with nothing to remove.
 func BenchmarkRemoveIdentityHeaders(b *testing.B) {
-	o := &OIDC{ClaimHeaders: map[string]string{"X-User-Name": "name"}, rt: &runtime{}}
+	o := &OIDC{Provider: Provider{ClaimHeaders: map[string]string{"X-User-Name": "name"}}, rt: &runtime{}}
 	o.rt.identityHeaders = newHeaderSet(o.ClaimHeaders)
 	r := browserRequest()
 	b.ReportAllocs()

@@ -191,7 +191,7 @@ func TestStripCookies(t *testing.T) {
 // claim header goes in every spelling that an upstream might read as the
 // same header; other headers stay.
 func TestRemoveIdentityHeadersSpellings(t *testing.T) {
-	o := &OIDC{ClaimHeaders: map[string]string{"X-User-Name": "name"}, rt: &runtime{}}
+	o := &OIDC{Provider: Provider{ClaimHeaders: map[string]string{"X-User-Name": "name"}}, rt: &runtime{}}
 	o.rt.identityHeaders = newHeaderSet(o.ClaimHeaders)
 	forged := []string{
 		"X-Auth-Request-User", "x-auth-request-user", "X_Auth_Request_User", "X_AUTH_REQUEST_USER",
@@ -234,8 +234,8 @@ func TestServeHTTPRemovesForgedIdentityHeaders(t *testing.T) {
 		t.Fatal(benchErr)
 	}
 	e := benchE
-	o := &OIDC{Issuer: e.op.Issuer, ClientID: testop.WebClientID, ClientSecret: testop.WebClientSecret,
-		CookieSecret: strings.Repeat("s", 32), ClaimHeaders: map[string]string{"X-User-Name": "name"}, AllowAnonymous: true}
+	o := &OIDC{Provider: Provider{Issuer: e.op.Issuer, ClientID: testop.WebClientID, ClientSecret: testop.WebClientSecret, ClaimHeaders: map[string]string{"X-User-Name": "name"}},
+		CookieSecret: strings.Repeat("s", 32), AllowAnonymous: true}
 	if err := o.provision(context.Background(), zap.NewNop(), &certmagic.FileStorage{Path: t.TempDir()}); err != nil {
 		t.Fatal(err)
 	}

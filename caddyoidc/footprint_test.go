@@ -130,7 +130,7 @@ func BenchmarkFootprintRAM(b *testing.B) {
 	})
 
 	newHandler := func(b *testing.B, mode string, st *memStorage) *OIDC {
-		o := &OIDC{Issuer: "http://127.0.0.1:1", ClientID: "web", CookieSecret: strings.Repeat("s", 32),
+		o := &OIDC{Provider: Provider{Issuer: "http://127.0.0.1:1", ClientID: "web"}, CookieSecret: strings.Repeat("s", 32),
 			Session: mode, SessionCache: -1}
 		if err := o.provision(ctx, zap.NewNop(), st); err != nil {
 			b.Fatal(err)

@@ -39,8 +39,8 @@ func TestIntrospectionJunkBounded(t *testing.T) {
 		_ = json.NewEncoder(w).Encode(answer)
 	}))
 	t.Cleanup(srv.Close)
-	o := &OIDC{Issuer: op.Issuer, ClientID: testop.WebClientID, ClientSecret: testop.WebClientSecret,
-		CookieSecret: strings.Repeat("s", 32), Introspection: true, IntrospectionEndpoint: srv.URL}
+	o := &OIDC{Provider: Provider{Issuer: op.Issuer, ClientID: testop.WebClientID, ClientSecret: testop.WebClientSecret, Introspection: true, IntrospectionEndpoint: srv.URL},
+		CookieSecret: strings.Repeat("s", 32)}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	if err := o.provision(ctx, zap.NewNop(), &certmagic.FileStorage{Path: t.TempDir()}); err != nil {
@@ -146,7 +146,7 @@ func TestTokenKindRules(t *testing.T) {
 
 func TestBearerOptionsValidate(t *testing.T) {
 	base := func() *OIDC {
-		return &OIDC{Issuer: "https://op.example", ClientID: "web", Scopes: []string{"openid"}, Session: "cookie"}
+		return &OIDC{Provider: Provider{Issuer: "https://op.example", ClientID: "web", Scopes: []string{"openid"}}, Session: "cookie"}
 	}
 	for _, tt := range []struct {
 		name string

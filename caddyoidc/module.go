@@ -41,13 +41,11 @@ func init() {
 // `Authorization: Bearer <access token>` and `X-Auth-Request-*` identity
 // headers, and the `{http.auth.user.*}` placeholders set.
 type OIDC struct {
-	// Issuer is the OpenID Provider's issuer URL. Endpoints and keys are
-	// discovered from `<issuer>/.well-known/openid-configuration`. Required.
-	Issuer string `json:"issuer,omitempty"`
-
-	// ClientID is the OAuth 2.0 client identifier registered at the provider.
-	// Required.
-	ClientID string `json:"client_id,omitempty"`
+	// Provider holds the options of the site's one OpenID Provider when
+	// the site has a single provider (the fields appear at the top level of
+	// the handler's JSON, `issuer`, `client_id`, ...). With Providers, they
+	// stay empty: each provider has its own.
+	Provider
 
 	// Site is the site's address (for example `https://files.example.com`):
 	// with the issuer and the client ID it names this handler's namespace,
@@ -62,42 +60,14 @@ type OIDC struct {
 	// device codes and AZAT keys. 1-64 letters, digits, `.`, `_` or `-`.
 	Namespace string `json:"namespace,omitempty"`
 
-	// ClientSecret is the client's secret. Leave it empty for a public client
-	// (PKCE protects the code exchange). Give it as a placeholder such as
-	// `{env.OIDC_CLIENT_SECRET}` or `{file./run/secrets/oidc}` so that it never
-	// appears in the configuration dump.
-	ClientSecret string `json:"client_secret,omitempty"`
-
-	// Scopes requested at login. Default: `openid profile email`. Must contain
-	// `openid`; add `offline_access` (or the provider's equivalent) to get a
-	// refresh token.
-	Scopes []string `json:"scopes,omitempty"`
-
-	// Audience lists the values of which at least one must be in the `aud`
-	// claim of bearer access tokens. Default: the client ID, which is also
-	// the aud of the client's ID tokens and logout tokens (a warning at
-	// start-up says so): an API audience distinct from the client_id, set up
-	// at the provider, separates access tokens from them.
-	Audience []string `json:"audience,omitempty"`
-
 	// Routes is the path prefix of the routes this handler serves:
 	// `<routes>/login`, `/callback`, `/refresh`, `/logout`, `/userinfo`.
 	// Default: `/auth`.
 	Routes string `json:"routes,omitempty"`
 
-	// RedirectURL is the absolute callback URL registered at the provider.
-	// Default: the request's origin + `<routes>/callback`.
-	RedirectURL string `json:"redirect_url,omitempty"`
-
 	// PostLogoutRedirectURL is where the provider sends the browser after
 	// logout (`post_logout_redirect_uri`). Default: the site's origin + `/`.
 	PostLogoutRedirectURL string `json:"post_logout_redirect_url,omitempty"`
-
-	// AuthParams are extra parameters added to the authorization request,
-	// for example `access_type=offline` and `prompt=consent` for Google.
-	// Protocol parameters (state, nonce, code_challenge, ...) cannot be
-	// overridden.
-	AuthParams map[string]string `json:"auth_params,omitempty"`
 
 	// CookieSecret encrypts and authenticates the session and login-flow
 	// cookies (AES-256-GCM, key derived with HKDF). At least 32 bytes. If
@@ -168,6 +138,91 @@ type OIDC struct {
 	// `access` (default), `id` or `none` (the header is removed).
 	PassToken string `json:"pass_token,omitempty"`
 
+	// IdPTimeout bounds every call to the provider (discovery, keys, token,
+	// userinfo, introspection, revocation). Default: 10s.
+	IdPTimeout caddy.Duration `json:"idp_timeout,omitempty"`
+
+	// StripCookies removes this handler's own cookies from the request sent
+	// upstream. Default: true.
+	StripCookies *bool `json:"strip_cookies,omitempty"`
+
+	// AZAT enables long-lived access tokens minted by this proxy (see the
+	// azatauth package): `<routes>/token` mints one for the logged-in user,
+	// `<routes>/revoke` ends all of them, and an AZAT presented as a bearer
+	// token is verified offline and swapped for a fresh provider access
+	// token upstream. Users need a refresh token (offline access).
+	AZAT *azatauth.Config `json:"azat,omitempty"`
+
+	// Providers are the site's named OpenID Providers, when it has several
+	// (a company Keycloak and Google; an Entra tenant per customer; a CI
+	// system's workload tokens). Each has its own namespace (sessions,
+	// grants, device codes, AZAT keys), callback
+	// (`<routes>/callback/<name>`), back-channel logout endpoint
+	// (`<routes>/backchannel-logout/<name>`), audience, rules and claim
+	// headers. Browsers choose one at `<routes>/login` (a chooser page, or
+	// `?provider=<name>`); bearer tokens go to the one provider whose issuer
+	// is their `iss`. The top-level provider options must then be empty.
+	Providers []*Provider `json:"providers,omitempty"`
+
+	// DefaultProvider names the provider `<routes>/login` uses without a
+	// `provider` parameter, instead of showing the chooser page; the device
+	// flow uses it too. Default: the only provider that is not bearer_only,
+	// if there is one.
+	DefaultProvider string `json:"default_provider,omitempty"`
+
+	azat    *azatauth.Service
+	rt      *runtime
+	logger  *zap.Logger
+	storage certmagic.Storage
+	cancel  context.CancelFunc
+}
+
+// Provider is one OpenID Provider of a site and this site's client there.
+type Provider struct {
+	// Name names the provider in `<routes>/login?provider=<name>`, its
+	// callback and back-channel logout paths, the chooser page, the
+	// `{http.auth.user.provider}` placeholder and the
+	// `X-Auth-Request-Provider` header. Required in Providers: 1-32
+	// lowercase letters, digits or `-`. For a single top-level provider it
+	// is optional (without it, no provider header is sent).
+	Name string `json:"name,omitempty"`
+
+	// Issuer is the OpenID Provider's issuer URL. Endpoints and keys are
+	// discovered from `<issuer>/.well-known/openid-configuration`. Required.
+	Issuer string `json:"issuer,omitempty"`
+
+	// ClientID is the OAuth 2.0 client identifier registered at the provider.
+	// Required.
+	ClientID string `json:"client_id,omitempty"`
+
+	// ClientSecret is the client's secret. Leave it empty for a public client
+	// (PKCE protects the code exchange). Give it as a placeholder such as
+	// `{env.OIDC_CLIENT_SECRET}` or `{file./run/secrets/oidc}` so that it never
+	// appears in the configuration dump.
+	ClientSecret string `json:"client_secret,omitempty"`
+
+	// Scopes requested at login. Default: `openid profile email`. Must contain
+	// `openid`; add `offline_access` (or the provider's equivalent) to get a
+	// refresh token.
+	Scopes []string `json:"scopes,omitempty"`
+
+	// Audience lists the values of which at least one must be in the `aud`
+	// claim of bearer access tokens. Default: the client ID, which is also
+	// the aud of the client's ID tokens and logout tokens (a warning at
+	// start-up says so): an API audience distinct from the client_id, set up
+	// at the provider, separates access tokens from them.
+	Audience []string `json:"audience,omitempty"`
+
+	// RedirectURL is the absolute callback URL registered at the provider.
+	// Default: the request's origin + `<routes>/callback`.
+	RedirectURL string `json:"redirect_url,omitempty"`
+
+	// AuthParams are extra parameters added to the authorization request,
+	// for example `access_type=offline` and `prompt=consent` for Google.
+	// Protocol parameters (state, nonce, code_challenge, ...) cannot be
+	// overridden.
+	AuthParams map[string]string `json:"auth_params,omitempty"`
+
 	// RolesClaim is the path of the claim holding the user's roles or groups,
 	// as a list of nested claim names, e.g. `["realm_access","roles"]` or
 	// `["https://hasura.io/jwt/claims","x-hasura-allowed-roles"]`. A single
@@ -199,18 +254,10 @@ type OIDC struct {
 	// IntrospectionEndpoint overrides the discovered introspection endpoint.
 	IntrospectionEndpoint string `json:"introspection_endpoint,omitempty"`
 
-	// IdPTimeout bounds every call to the provider (discovery, keys, token,
-	// userinfo, introspection, revocation). Default: 10s.
-	IdPTimeout caddy.Duration `json:"idp_timeout,omitempty"`
-
 	// UserinfoFetch fetches the userinfo endpoint at login and merges its
 	// claims (its `sub` must equal the ID token's). Default: true when the
 	// provider advertises a userinfo endpoint.
 	UserinfoFetch *bool `json:"userinfo_fetch,omitempty"`
-
-	// StripCookies removes this handler's own cookies from the request sent
-	// upstream. Default: true.
-	StripCookies *bool `json:"strip_cookies,omitempty"`
 
 	// VerifyClientSecret checks the client secret at start-up by posting a
 	// bogus authorization code to the token endpoint: `invalid_grant` means
@@ -257,18 +304,9 @@ type OIDC struct {
 	// to another client, cannot be turned into a long-lived AZAT.
 	MintFromBearer bool `json:"mint_from_bearer,omitempty"`
 
-	// AZAT enables long-lived access tokens minted by this proxy (see the
-	// azatauth package): `<routes>/token` mints one for the logged-in user,
-	// `<routes>/revoke` ends all of them, and an AZAT presented as a bearer
-	// token is verified offline and swapped for a fresh provider access
-	// token upstream. Users need a refresh token (offline access).
-	AZAT *azatauth.Config `json:"azat,omitempty"`
-
-	azat    *azatauth.Service
-	rt      *runtime
-	logger  *zap.Logger
-	storage certmagic.Storage
-	cancel  context.CancelFunc
+	// BearerOnly makes the provider accept bearer tokens only: it offers no
+	// login (a CI system's workload tokens, a partner's service accounts).
+	BearerOnly bool `json:"bearer_only,omitempty"`
 }
 
 // ClaimRule requires a claim to have one of a set of values.

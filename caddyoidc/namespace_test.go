@@ -119,7 +119,7 @@ func TestUpgradeFailsClosed(t *testing.T) {
 	_ = raw.Store(ctx, cookieSecretKey, []byte(strings.Repeat("o", 32)))
 	_ = raw.Store(ctx, "caddy-oidc/sessions/abc", []byte("old"))
 	core, logs := observer.New(zap.WarnLevel)
-	o := &OIDC{Issuer: "http://127.0.0.1:1", ClientID: "web", Session: "store"}
+	o := &OIDC{Provider: Provider{Issuer: "http://127.0.0.1:1", ClientID: "web"}, Session: "store"}
 	if err := o.provision(ctx, zap.New(core), raw); err != nil {
 		t.Fatal(err)
 	}

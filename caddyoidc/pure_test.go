@@ -116,10 +116,7 @@ func TestLookupClaim(t *testing.T) {
 }
 
 func TestClaimRules(t *testing.T) {
-	o := &OIDC{
-		RequireRoles:  [][]string{{"admin", "ops"}},
-		RequireClaims: []ClaimRule{{Path: "email_verified", Values: []string{"true"}}},
-	}
+	o := &OIDC{Provider: Provider{RequireRoles: [][]string{{"admin", "ops"}}, RequireClaims: []ClaimRule{{Path: "email_verified", Values: []string{"true"}}}}}
 	tests := []struct {
 		name string
 		id   *identity

@@ -74,7 +74,7 @@ func TestRevocationReloadIncremental(t *testing.T) {
 	// the test (the reload itself does not depend on the mode).
 	instance := func(mode string) (*OIDC, *loadCountingStorage) {
 		st := &loadCountingStorage{FileStorage: &certmagic.FileStorage{Path: dir}}
-		o := &OIDC{Issuer: "http://127.0.0.1:1", ClientID: "web", CookieSecret: strings.Repeat("s", 32), Session: mode}
+		o := &OIDC{Provider: Provider{Issuer: "http://127.0.0.1:1", ClientID: "web"}, CookieSecret: strings.Repeat("s", 32), Session: mode}
 		if err := o.provision(ctx, zap.NewNop(), st); err != nil {
 			t.Fatal(err)
 		}

@@ -34,7 +34,7 @@ func TestStoredSessionCache(t *testing.T) {
 	dir := t.TempDir()
 	instance := func(cache time.Duration) (*OIDC, *loadCountingStorage) {
 		st := &loadCountingStorage{FileStorage: &certmagic.FileStorage{Path: dir}}
-		o := &OIDC{Issuer: "http://127.0.0.1:1", ClientID: "web", CookieSecret: strings.Repeat("s", 32),
+		o := &OIDC{Provider: Provider{Issuer: "http://127.0.0.1:1", ClientID: "web"}, CookieSecret: strings.Repeat("s", 32),
 			Session: "store", SessionCache: caddy.Duration(cache)}
 		if err := o.provision(context.Background(), zap.NewNop(), st); err != nil {
 			t.Fatal(err)

@@ -96,7 +96,7 @@ func TestSweepDeletesExpired(t *testing.T) {
 func storeHandler(t *testing.T) (*OIDC, *certmagic.FileStorage) {
 	t.Helper()
 	st := &certmagic.FileStorage{Path: t.TempDir()}
-	o := &OIDC{Issuer: "http://127.0.0.1:1", ClientID: "web", CookieSecret: strings.Repeat("s", 32),
+	o := &OIDC{Provider: Provider{Issuer: "http://127.0.0.1:1", ClientID: "web"}, CookieSecret: strings.Repeat("s", 32),
 		Session: "store", SessionLifetime: caddy.Duration(time.Hour)}
 	if err := o.provision(context.Background(), zap.NewNop(), st); err != nil {
 		t.Fatal(err)

@@ -14,7 +14,7 @@ import (
 )
 
 func testOIDC(t *testing.T) *OIDC {
-	return &OIDC{RolesClaim: []string{"groups"}, logger: zap.NewNop(),
+	return &OIDC{Provider: Provider{RolesClaim: []string{"groups"}}, logger: zap.NewNop(),
 		rt: &runtime{clientID: "client-1", httpClient: newIdPClient(5 * time.Second)}}
 }
 
