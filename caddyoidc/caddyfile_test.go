@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -79,9 +80,23 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		`"kms_key_id":"alias/azat","kms_region":"eu-west-1","kms_endpoint":"http://127.0.0.1:4599","jwks_path":"/keys.json",` +
 		`"issuer":"https://files.example.com","audience":"files","grant_secret":"{env.GRANT_SECRET}","fallback":"access_token",` +
 		`"trust":"https://other.example.com/.well-known/jwks.json","verify_only":true}}`
-	if string(got) != want {
+	// Compared as JSON values: the key order follows the struct's layout.
+	if !jsonEqual(t, got, []byte(want)) {
 		t.Fatalf("got  %s\nwant %s", got, want)
 	}
+}
+
+// jsonEqual tells whether a and b are the same JSON value.
+func jsonEqual(t *testing.T, a, b []byte) bool {
+	t.Helper()
+	var va, vb any
+	if err := json.Unmarshal(a, &va); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &vb); err != nil {
+		t.Fatal(err)
+	}
+	return reflect.DeepEqual(va, vb)
 }
 
 func TestUnmarshalCaddyfileErrors(t *testing.T) {
