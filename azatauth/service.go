@@ -233,13 +233,29 @@ var ErrStore = errors.New("grant store unavailable")
 // lists from then on, so it drops a key retired or distrusted here within
 // keyringRefresh + jwksMaxAge.
 func (s *Service) ServeJWKS(w http.ResponseWriter, r *http.Request) {
+	ServeJWKS(w, r, s)
+}
+
+// ServeJWKS answers the public keys of several services in one JWKS (a site
+// with several providers has one AZAT key set per provider, published at
+// one path), as Service.ServeJWKS does for one.
+func ServeJWKS(w http.ResponseWriter, r *http.Request, services ...*Service) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET")
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	s.refreshKeys(r.Context())
-	b, _ := json.Marshal(s.keyring.JWKS(s.currentKid(), s.retain()))
+	set := jwk.NewSet()
+	for _, s := range services {
+		s.refreshKeys(r.Context())
+		ks := s.keyring.JWKS(s.currentKid(), s.retain())
+		for i := 0; i < ks.Len(); i++ {
+			if k, ok := ks.Key(i); ok {
+				_ = set.AddKey(k)
+			}
+		}
+	}
+	b, _ := json.Marshal(set)
 	w.Header().Set("Content-Type", "application/jwk-set+json")
 	w.Header().Set("Cache-Control", "public, max-age="+strconv.Itoa(jwksMaxAge))
 	_, _ = w.Write(b)

@@ -208,7 +208,7 @@ func (o *OIDC) serveToken(w http.ResponseWriter, r *http.Request, p *provider) {
 			return
 		}
 	}
-	id, tok, ok := o.authenticate(w, r, p)
+	id, tok, ok := o.authenticate(w, r, p, nil)
 	if !ok {
 		return
 	}
@@ -295,7 +295,7 @@ func (o *OIDC) serveRevoke(w http.ResponseWriter, r *http.Request, p *provider) 
 		o.writeError(w, r, http.StatusForbidden, "invalid_request", "cross-site revocation refused")
 		return
 	}
-	id, _, ok := o.authenticate(w, r, p)
+	id, _, ok := o.authenticate(w, r, p, nil)
 	if !ok {
 		return
 	}

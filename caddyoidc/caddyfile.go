@@ -1,7 +1,9 @@
 package caddyoidc
 
 import (
+	"reflect"
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -67,6 +69,20 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		mint_from_bearer
 //		verify_client_secret
 //		backchannel_revoke_azat
+//		bearer_only
+//		name             <name>
+//		label            <text>
+//		provider <name> {
+//			...          the provider options above: issuer, client_id,
+//			             client_secret, scopes, audience, redirect_url,
+//			             auth_param, roles_claim, claim_header,
+//			             require_role, require_claim, introspection,
+//			             userinfo, tokeninfo, introspection_cache,
+//			             require_typ, bearer_id_token_shaped,
+//			             mint_from_bearer, verify_client_secret,
+//			             backchannel_revoke_azat, bearer_only, label
+//		}
+//		default_provider <name>
 //		azat {
 //			...          see azatauth.Config.UnmarshalCaddyfile
 //		}
@@ -76,9 +92,26 @@ func (o *OIDC) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	for d.NextBlock(0) {
+	return o.unmarshalBlock(d, true)
+}
+
+// unmarshalBlock reads the options of the block at the dispenser: the
+// handler's (top) or a provider block's.
+func (o *OIDC) unmarshalBlock(d *caddyfile.Dispenser, top bool) error {
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
 		args := d.RemainingArgs()
+		if top && name == "provider" {
+			if len(args) != 1 {
+				return d.ArgErr()
+			}
+			p, err := unmarshalProvider(d, args[0])
+			if err != nil {
+				return err
+			}
+			o.Providers = append(o.Providers, p)
+			continue
+		}
 		one := func(dst *string) error {
 			if len(args) != 1 {
 				return d.ArgErr()
@@ -235,6 +268,17 @@ func (o *OIDC) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = one(&o.BearerIDTokenShaped)
 		case "mint_from_bearer":
 			err = flag(&o.MintFromBearer)
+		case "bearer_only":
+			err = flag(&o.BearerOnly)
+		case "name":
+			err = one(&o.Name)
+		case "label":
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			o.Label = strings.Join(args, " ")
+		case "default_provider":
+			err = one(&o.DefaultProvider)
 		case "azat":
 			if len(args) != 0 {
 				return d.ArgErr()
@@ -249,6 +293,25 @@ func (o *OIDC) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// unmarshalProvider reads a `provider <name> { ... }` block: the options of
+// one provider (issuer, client_id, audience, rules, ...), never the site's.
+func unmarshalProvider(d *caddyfile.Dispenser, name string) (*Provider, error) {
+	tmp := new(OIDC)
+	if err := tmp.unmarshalBlock(d, false); err != nil {
+		return nil, err
+	}
+	p := tmp.Provider
+	tmp.Provider = Provider{}
+	if !reflect.ValueOf(*tmp).IsZero() {
+		return nil, d.Errf("provider %s: only provider options (issuer, client_id, client_secret, scopes, audience, roles_claim, claim_header, require_role, require_claim, introspection, ...) go in a provider block; site options (cookies, session, routes, azat, ...) go in the oidc block", name)
+	}
+	if p.Name != "" && p.Name != name {
+		return nil, d.Errf("provider %s: a provider block is named by its argument", name)
+	}
+	p.Name = name
+	return &p, nil
 }
 
 func parseOnOff(s string) (bool, error) {

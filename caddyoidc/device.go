@@ -200,12 +200,15 @@ func (o *OIDC) serveDeviceCode(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, oauthError{Error: "temporarily_unavailable"})
 		return
 	}
-	verify := origin(r) + o.Routes + "/device"
+	verify, sep := origin(r)+o.Routes+"/device", "?"
+	if q := o.rt.providerQuery; q != "" {
+		verify, sep = verify+"?"+q, "&"
+	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"device_code":               deviceCode,
 		"user_code":                 formatUserCode(rec.UserCode),
 		"verification_uri":          verify,
-		"verification_uri_complete": verify + "?user_code=" + formatUserCode(rec.UserCode),
+		"verification_uri_complete": verify + sep + "user_code=" + formatUserCode(rec.UserCode),
 		"expires_in":                int(deviceCodeLifetime.Seconds()),
 		"interval":                  rec.Interval,
 	})

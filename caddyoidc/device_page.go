@@ -8,7 +8,6 @@ import (
 	"html/template"
 	"io/fs"
 	"net/http"
-	"net/url"
 	"time"
 
 	"go.uber.org/zap"
@@ -120,10 +119,14 @@ func (o *OIDC) serveDevice(w http.ResponseWriter, r *http.Request, p *provider) 
 			o.writeError(w, r, http.StatusUnauthorized, "unauthorized", "log in first")
 			return
 		}
-		http.Redirect(w, r, o.Routes+"/login?back="+url.QueryEscape(safeBack(r.URL.RequestURI())), http.StatusFound)
+		http.Redirect(w, r, o.loginURL(r, r.URL.RequestURI()), http.StatusFound)
 		return
 	}
-	data := devicePageData{Action: o.Routes + "/device", User: s.Identity.PreferredUsername,
+	formURL := o.Routes + "/device"
+	if q := o.rt.providerQuery; q != "" {
+		formURL += "?" + q
+	}
+	data := devicePageData{Action: formURL, User: s.Identity.PreferredUsername,
 		Lifetime: o.azat.DeviceLifetime().String()}
 	if data.User == "" {
 		data.User = s.Identity.Subject

@@ -59,7 +59,7 @@ func (o *OIDC) redirectURL(r *http.Request) string {
 	if o.rt.redirectURL != "" {
 		return o.rt.redirectURL
 	}
-	return origin(r) + o.Routes + "/callback"
+	return origin(r) + o.rt.callbackPath
 }
 
 // serveLogin starts the Authorization Code flow with PKCE S256.
@@ -257,6 +257,9 @@ func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider
 	if err := o.createSession(w, r, s); err != nil {
 		o.callbackError(w, r, http.StatusServiceUnavailable, "the session could not be saved", err)
 		return
+	}
+	for _, sib := range o.rt.siblings {
+		sib.dropSession(w, r)
 	}
 	count(metrics.callbacks, "success")
 	o.logger.Info("login", zap.String("sub", s.Identity.Subject), zap.Bool("refreshable", s.refreshable()))

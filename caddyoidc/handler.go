@@ -13,7 +13,12 @@ import (
 )
 
 // ServeHTTP serves the handler's routes and authenticates everything else.
+// A site with several providers chooses the provider's handler first
+// (providers.go).
 func (o *OIDC) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if o.providers != nil {
+		return o.providers.serveHTTP(o, w, r, next)
+	}
 	if route, ok := strings.CutPrefix(r.URL.Path, o.Routes+"/"); ok {
 		return o.serveRoute(w, r, route, next)
 	}
@@ -21,6 +26,13 @@ func (o *OIDC) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		o.azat.ServeJWKS(w, r)
 		return nil
 	}
+	return o.serveAuthenticated(w, r, next, nil)
+}
+
+// serveAuthenticated authenticates a request that is not one of the
+// handler's routes and sends it on. hash is the SHA-256 of its bearer token
+// when the caller computed it already (nil: computed here).
+func (o *OIDC) serveAuthenticated(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, hash *[32]byte) error {
 	o.removeIdentityHeaders(r)
 
 	p := o.rt.disc.get(r.Context())
@@ -30,7 +42,7 @@ func (o *OIDC) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		return nil
 	}
 
-	id, token, ok := o.authenticate(w, r, p)
+	id, token, ok := o.authenticate(w, r, p, hash)
 	if !ok {
 		return nil // answered
 	}
@@ -59,10 +71,12 @@ func (o *OIDC) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 // session (refreshing server-side when needed). It returns the identity (nil
 // when anonymous), the token to pass upstream, and false when it has already
 // answered the request.
-func (o *OIDC) authenticate(w http.ResponseWriter, r *http.Request, p *provider) (*identity, upstreamTokens, bool) {
+func (o *OIDC) authenticate(w http.ResponseWriter, r *http.Request, p *provider, hash *[32]byte) (*identity, upstreamTokens, bool) {
 	if tok, ok := bearerToken(r); ok {
 		var h [32]byte
-		if len(tok) <= maxTokenSize { // larger ones are refused unread
+		if hash != nil {
+			h = *hash
+		} else if len(tok) <= maxTokenSize { // larger ones are refused unread
 			h = tokenHash(tok)
 		}
 		// A provider token verified before is one; anything else may be an
@@ -166,5 +180,8 @@ func (o *OIDC) authenticateAZAT(w http.ResponseWriter, r *http.Request, p *provi
 func (o *OIDC) stripOwnCookies(r *http.Request) {
 	if o.StripCookies == nil || *o.StripCookies {
 		stripCookies(r, o.cookieOpts(r))
+		for _, s := range o.rt.siblings {
+			stripCookies(r, s.cookieOpts(r))
+		}
 	}
 }

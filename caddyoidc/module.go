@@ -170,11 +170,15 @@ type OIDC struct {
 	// if there is one.
 	DefaultProvider string `json:"default_provider,omitempty"`
 
-	azat    *azatauth.Service
-	rt      *runtime
-	logger  *zap.Logger
-	storage certmagic.Storage
-	cancel  context.CancelFunc
+	azat *azatauth.Service
+	// providers dispatches the requests of a site with several providers
+	// (nil with one); member is true for a provider handler of such a site.
+	providers *providerSet
+	member    bool
+	rt        *runtime
+	logger    *zap.Logger
+	storage   certmagic.Storage
+	cancel    context.CancelFunc
 }
 
 // Provider is one OpenID Provider of a site and this site's client there.
@@ -186,6 +190,10 @@ type Provider struct {
 	// lowercase letters, digits or `-`. For a single top-level provider it
 	// is optional (without it, no provider header is sent).
 	Name string `json:"name,omitempty"`
+
+	// Label is the provider's name on the chooser page ("Log in with
+	// <label>"). Default: the name.
+	Label string `json:"label,omitempty"`
 
 	// Issuer is the OpenID Provider's issuer URL. Endpoints and keys are
 	// discovered from `<issuer>/.well-known/openid-configuration`. Required.
@@ -352,6 +360,9 @@ func (o *OIDC) Provision(ctx caddy.Context) error {
 // provision is Provision without Caddy's context: background work stops when
 // ctx ends.
 func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.Storage) error {
+	if len(o.Providers) > 0 {
+		return o.provisionProviders(ctx, logger, st)
+	}
 	o.logger = logger
 	repl := caddy.NewReplacer()
 
@@ -427,6 +438,12 @@ func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.S
 			zap.String("namespace", rt.ns))
 	}
 	o.warnBearerAudience(rt)
+	rt.callbackPath = o.Routes + "/callback"
+	if o.member {
+		// One of several providers: the paths and pages name it.
+		rt.callbackPath += "/" + o.Name
+		rt.providerQuery = "provider=" + url.QueryEscape(o.Name)
+	}
 	rt.redirectURL = repl.ReplaceKnown(o.RedirectURL, "")
 	rt.postLogoutURL = repl.ReplaceKnown(o.PostLogoutRedirectURL, "")
 	rt.introspectionURL = repl.ReplaceKnown(o.IntrospectionEndpoint, "")
@@ -455,6 +472,15 @@ func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.S
 	o.rt = rt
 	if o.AZAT != nil {
 		o.AZAT.Namespace, o.AZAT.SiteOrigin = rt.ns, siteOrigin(site)
+		if o.member {
+			// Each provider's AZATs have their own issuer (and so
+			// audience): the site's, with the provider's name.
+			base := o.AZAT.Issuer
+			if base == "" {
+				base = o.AZAT.SiteOrigin
+			}
+			o.AZAT.Issuer = strings.TrimSuffix(base, "/") + "/" + o.Name
+		}
 		if o.azat, err = o.AZAT.Provision(ctx, o.logger.Named("azat"), o.storage, rt.httpClient); err != nil {
 			return err
 		}
@@ -489,7 +515,7 @@ func (o *OIDC) verifyClientSecret(ctx context.Context) error {
 	}
 	redirect := o.rt.redirectURL
 	if redirect == "" {
-		redirect = "http://localhost" + o.Routes + "/callback"
+		redirect = "http://localhost" + o.rt.callbackPath
 	}
 	ok, err := checkClientSecret(cctx, o.rt.httpClient, p.meta.TokenEndpoint, o.rt.clientID, o.rt.clientSecret, redirect)
 	if err != nil {
@@ -505,6 +531,18 @@ func (o *OIDC) verifyClientSecret(ctx context.Context) error {
 
 // Validate checks the configuration and gives errors a person can act on.
 func (o *OIDC) Validate() error {
+	if len(o.Providers) > 0 {
+		if o.Site == "" && o.Namespace == "" {
+			return errors.New("oidc: site is required: the site's address, e.g. \"https://files.example.com\" (the Caddyfile sets it from the site block; a JSON config must give it, or a namespace)")
+		}
+		return o.validateProviders()
+	}
+	if o.Name != "" && !validProviderName(o.Name) {
+		return fmt.Errorf("oidc: provider name %q must be 1 to 32 lowercase letters, digits or '-'", o.Name)
+	}
+	if o.DefaultProvider != "" {
+		return errors.New("oidc: default_provider needs provider blocks")
+	}
 	if o.Issuer == "" {
 		return errors.New("oidc: issuer is required")
 	}
@@ -587,6 +625,11 @@ func (o *OIDC) Validate() error {
 
 // Cleanup stops background discovery.
 func (o *OIDC) Cleanup() error {
+	if o.providers != nil {
+		for _, c := range o.providers.list {
+			_ = c.Cleanup()
+		}
+	}
 	if o.cancel != nil {
 		o.cancel()
 	}
@@ -624,6 +667,14 @@ type runtime struct {
 	root string
 	// identityHeaders are the request headers removed before authentication.
 	identityHeaders *headerSet
+	// callbackPath is the path of the callback route (its redirect_uri).
+	callbackPath string
+	// providerQuery is "provider=<name>" for one of several providers (added
+	// to the login and device URLs it hands out), else "".
+	providerQuery string
+	// siblings are the site's other providers' handlers, whose cookies this
+	// one strips from upstream requests and ends at a login.
+	siblings []*OIDC
 }
 
 // key is the storage key of rel (e.g. "sessions/<hash>"); o.storage puts it

@@ -102,13 +102,25 @@ func realm(r *http.Request) string {
 
 // unauthenticated redirects navigations to login and answers 401 otherwise.
 func (o *OIDC) unauthenticated(w http.ResponseWriter, r *http.Request, code, desc string) {
-	if isNavigation(r) && code == "unauthorized" {
-		back := r.URL.RequestURI()
+	if isNavigation(r) && code == "unauthorized" && !o.BearerOnly {
 		w.Header().Set("Cache-Control", "no-store")
-		http.Redirect(w, r, o.Routes+"/login?back="+url.QueryEscape(safeBack(back)), http.StatusFound)
+		http.Redirect(w, r, o.loginURL(r, r.URL.RequestURI()), http.StatusFound)
 		return
 	}
 	o.writeError(w, r, http.StatusUnauthorized, code, desc)
+}
+
+// loginURL is the login route's URL returning to back (made safe). On a
+// site with several providers, a request that held a session of this one
+// logs in here again; any other gets the chooser (or the default).
+func (o *OIDC) loginURL(r *http.Request, back string) string {
+	u := o.Routes + "/login?"
+	if o.rt != nil && o.rt.providerQuery != "" {
+		if _, _, _, present := scanChunks(r, o.cookieOpts(r), nil); present {
+			u += o.rt.providerQuery + "&"
+		}
+	}
+	return u + "back=" + url.QueryEscape(safeBack(back))
 }
 
 // origin is the request's scheme://host.

@@ -16,6 +16,10 @@ func (o *OIDC) serveRoute(w http.ResponseWriter, r *http.Request, route string, 
 		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "the identity provider is not reachable yet")
 		return nil
 	}
+	if o.BearerOnly && browserRoutes[route] {
+		o.writeError(w, r, http.StatusNotFound, "not_found", "this provider offers no login")
+		return nil
+	}
 	switch route {
 	case "login":
 		o.serveLogin(w, r, p)
@@ -45,6 +49,12 @@ func (o *OIDC) serveRoute(w http.ResponseWriter, r *http.Request, route string, 
 		o.writeError(w, r, http.StatusNotFound, "not_found", "no such route")
 	}
 	return nil
+}
+
+// browserRoutes are the routes of a login; a bearer_only provider has none.
+var browserRoutes = map[string]bool{
+	"login": true, "callback": true, "refresh": true, "logout": true,
+	"device": true, "device/code": true, "device/token": true,
 }
 
 // serveRefresh refreshes the session's tokens now (POST) and returns what a
@@ -109,7 +119,7 @@ func (o *OIDC) serveUserinfo(w http.ResponseWriter, r *http.Request, p *provider
 		o.writeError(w, r, http.StatusMethodNotAllowed, "invalid_request", "userinfo takes GET")
 		return
 	}
-	id, tok, ok := o.authenticate(w, r, p)
+	id, tok, ok := o.authenticate(w, r, p, nil)
 	if !ok {
 		return
 	}

@@ -14,9 +14,11 @@ const (
 	headerPreferredUsername = "X-Auth-Request-Preferred-Username"
 	headerGroups            = "X-Auth-Request-Groups"
 	headerAccessToken       = "X-Auth-Request-Access-Token"
+	// headerProvider names the provider (Provider.Name), when it has one.
+	headerProvider = "X-Auth-Request-Provider"
 )
 
-var identityHeaders = []string{headerUser, headerEmail, headerPreferredUsername, headerGroups, headerAccessToken}
+var identityHeaders = []string{headerUser, headerEmail, headerPreferredUsername, headerGroups, headerAccessToken, headerProvider}
 
 // upstreamTokens are the tokens that may go upstream.
 type upstreamTokens struct{ access, id string }
@@ -136,6 +138,9 @@ func (o *OIDC) injectUpstream(r *http.Request, id *identity, tok upstreamTokens)
 	for h, path := range o.ClaimHeaders {
 		setHeader(r, h, headerValue(lookupClaim(id.Claims, []string{path})))
 	}
+	if o.Name != "" {
+		r.Header.Set(headerProvider, o.Name)
+	}
 	o.stripOwnCookies(r)
 
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
@@ -144,6 +149,9 @@ func (o *OIDC) injectUpstream(r *http.Request, id *identity, tok upstreamTokens)
 		// Set by other handlers (vars http.auth.user.id ...) still win,
 		// since Caddy asks its static map first.
 		repl.Map(id.placeholder)
+		if o.Name != "" {
+			repl.Set(placeholderPrefix+"provider", o.Name)
+		}
 	}
 }
 
