@@ -119,6 +119,15 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		`oidc { azat { lifetime soon } }`,
 		`oidc { azat { unknown 1 } }`,
 		`oidc { azat { verify_only yes } }`,
+		`oidc { provider }`,
+		`oidc { provider a b }`,
+		`oidc { provider a { cookie_name x } }`,
+		`oidc { provider a { session store } }`,
+		`oidc { provider a { azat } }`,
+		`oidc { provider a { provider b } }`,
+		`oidc { provider a { default_provider a } }`,
+		`oidc { provider a { name b } }`,
+		`oidc { label }`,
 	}
 	for _, in := range tests {
 		in = strings.ReplaceAll(strings.ReplaceAll(in, "{ ", "{\n"), " }", "\n}")
@@ -126,6 +135,79 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		if err := o.UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err == nil {
 			t.Errorf("%q: no error", in)
 		}
+	}
+}
+
+func TestUnmarshalCaddyfileProviders(t *testing.T) {
+	in := `oidc {
+		provider corp {
+			issuer https://kc.example.com/realms/corp
+			client_id files
+			client_secret {env.CORP}
+			roles_claim realm_access roles
+			claim_header X-Dept dept
+		}
+		provider ci {
+			issuer https://token.actions.githubusercontent.com
+			client_id files
+			audience https://files.example.com
+			bearer_only
+			label GitHub Actions
+		}
+		default_provider corp
+		session store
+	}`
+	var o OIDC
+	if err := o.UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := json.Marshal(o)
+	want := `{"providers":[{"name":"corp","issuer":"https://kc.example.com/realms/corp","client_id":"files","client_secret":"{env.CORP}",` +
+		`"roles_claim":["realm_access","roles"],"claim_headers":{"X-Dept":"dept"}},` +
+		`{"name":"ci","label":"GitHub Actions","issuer":"https://token.actions.githubusercontent.com","client_id":"files",` +
+		`"audience":["https://files.example.com"],"bearer_only":true}],"default_provider":"corp","session":"store"}`
+	if !jsonEqual(t, got, []byte(want)) {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+}
+
+func TestValidateProviders(t *testing.T) {
+	p := func(name, issuer string, mut ...func(*Provider)) *Provider {
+		v := &Provider{Name: name, Issuer: issuer, ClientID: "c"}
+		for _, m := range mut {
+			m(v)
+		}
+		return v
+	}
+	intro := func(v *Provider) { v.Introspection = true }
+	tests := []struct {
+		name   string
+		o      OIDC
+		errSub string
+	}{
+		{"two providers", OIDC{Site: "a.example", Providers: []*Provider{p("a", "https://a"), p("b", "https://b")}}, ""},
+		{"top-level provider options too", OIDC{Site: "a.example", Provider: Provider{Issuer: "https://x"}, Providers: []*Provider{p("a", "https://a")}}, "top level"},
+		{"bad name", OIDC{Site: "a.example", Providers: []*Provider{p("Corp", "https://a")}}, "provider name"},
+		{"no name", OIDC{Site: "a.example", Providers: []*Provider{p("", "https://a")}}, "provider name"},
+		{"twice", OIDC{Site: "a.example", Providers: []*Provider{p("a", "https://a"), p("a", "https://b")}}, "twice"},
+		{"two introspect", OIDC{Site: "a.example", Providers: []*Provider{p("a", "https://a", intro), p("b", "https://b", intro)}}, "opaque"},
+		{"unknown default", OIDC{Site: "a.example", DefaultProvider: "z", Providers: []*Provider{p("a", "https://a")}}, "default_provider"},
+		{"bearer_only default", OIDC{Site: "a.example", DefaultProvider: "a", Providers: []*Provider{p("a", "https://a", func(v *Provider) { v.BearerOnly = true })}}, "bearer_only"},
+		{"no site", OIDC{Providers: []*Provider{p("a", "https://a")}}, "site is required"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.o.Validate()
+			if tt.errSub == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.errSub) {
+				t.Fatalf("err %v, want %q", err, tt.errSub)
+			}
+		})
 	}
 }
 
