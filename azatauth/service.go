@@ -195,6 +195,14 @@ func (s *Service) verify(ctx context.Context, token string, h [32]byte, cached v
 	return c, g, nil
 }
 
+// Holds tells whether the token whose SHA-256 is h is in the verified-token
+// cache: a routing hint for a site with several providers (each with its
+// own Service), never a verification.
+func (s *Service) Holds(h [32]byte) bool {
+	_, ok := s.verified.Get(h, time.Now())
+	return ok
+}
+
 // Recognizes tells whether a bearer token is to be verified as an AZAT of
 // this site, and as nothing else: a token this site verified before is (the
 // verified-token cache answers without decoding it); any other token is

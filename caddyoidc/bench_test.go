@@ -388,3 +388,127 @@ func BenchmarkGrantFootprint(b *testing.B) {
 	})
 	b.ReportMetric(float64(disk)/float64(n), "storage-B/grant")
 }
+
+// bench3Env is the benchmark user at a site with three providers: two
+// other real OPs first, the benchmark OP's provider last (every routing
+// loop passes the other two first).
+type bench3Env struct {
+	o                    *OIDC // the site
+	main                 *OIDC // its provider handler for the benchmark OP
+	cookie, bearer, azat string
+	cookieName           string
+}
+
+var (
+	bench3Once sync.Once
+	bench3E    *bench3Env
+	bench3Err  error
+)
+
+func bench3Setup(b *testing.B) *bench3Env {
+	b.Helper()
+	e := benchSetup(b)
+	bench3Once.Do(func() { bench3E, bench3Err = newBench3Env(e) })
+	if bench3Err != nil {
+		b.Fatal(bench3Err)
+	}
+	return bench3E
+}
+
+func newBench3Env(e *benchEnv) (*bench3Env, error) {
+	var provs []*Provider
+	for _, name := range []string{"a", "b"} {
+		op, err := testop.Start(testop.Options{})
+		if err != nil {
+			return nil, err
+		}
+		provs = append(provs, &Provider{Name: name, Issuer: op.Issuer, ClientID: testop.WebClientID, ClientSecret: testop.WebClientSecret})
+	}
+	provs = append(provs, &Provider{Name: "main", Issuer: e.op.Issuer, ClientID: testop.WebClientID,
+		ClientSecret: testop.WebClientSecret, Scopes: []string{"openid", "profile", "email", "offline_access"}})
+	o := &OIDC{Providers: provs, Site: "proxy.example", CookieSecret: strings.Repeat("s", 32),
+		AZAT: &azatauth.Config{Issuer: "https://proxy.example"}}
+	dir, err := makeTempDir()
+	if err != nil {
+		return nil, err
+	}
+	ctx := context.Background()
+	if err := o.provision(ctx, zap.NewNop(), &certmagic.FileStorage{Path: dir}); err != nil {
+		return nil, err
+	}
+	main := o.providers.byName["main"]
+	for _, c := range o.providers.list {
+		if c.rt.disc.get(ctx) == nil {
+			return nil, errNoProvider
+		}
+	}
+	s, err := decodeSession(mustOpen(e.o.rt.sealer.Open(e.cookie, e.o.sessionPurpose())))
+	if err != nil {
+		return nil, err
+	}
+	env := &bench3Env{o: o, main: main, bearer: e.bearer, cookieName: chunkName(main.CookieName, 0),
+		cookie: main.rt.sealer.Seal(encodeSession(s), main.sessionPurpose())}
+	user, _, err := main.verifyJWTAccessToken(ctx, main.rt.disc.get(ctx), e.bearer)
+	if err != nil {
+		return nil, err
+	}
+	key := grantKey(user)
+	claims := map[string]any{"iss": e.op.Issuer, "sub": "id1"}
+	if err := main.azat.Grants().Put(ctx, &azatauth.Grant{Key: key, AccessToken: e.bearer,
+		Expiry: time.Now().Add(time.Hour).Unix(), RefreshToken: "rt", Claims: claims}); err != nil {
+		return nil, err
+	}
+	m, err := main.azat.Mint(ctx, key, "https://proxy.example")
+	if err != nil {
+		return nil, err
+	}
+	env.azat = m.Token
+	return env, nil
+}
+
+func mustOpen(b []byte, err error) []byte {
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// benchServe3 is benchServe at the three-provider site.
+func benchServe3(b *testing.B, set func(*http.Request)) {
+	e := bench3Setup(b)
+	w := httptest.NewRecorder()
+	b.ReportAllocs()
+	for b.Loop() {
+		r := benchRequest()
+		set(r)
+		if err := e.o.ServeHTTP(w, r, nop); err != nil {
+			b.Fatal(err)
+		}
+		if r.Header.Get(headerUser) == "" || r.Header.Get(headerProvider) != "main" {
+			b.Fatalf("not authenticated at main: %d %s", w.Code, w.Body.String())
+		}
+		accessLogUser(r)
+	}
+}
+
+// BenchmarkServeHTTP3Providers*: the same requests as BenchmarkServeHTTP*
+// at a site with three providers (the request's last): the cost of
+// choosing the provider.
+func BenchmarkServeHTTP3ProvidersCookie(b *testing.B) {
+	e := bench3Setup(b)
+	cookie := e.cookieName + "=" + e.cookie
+	benchServe3(b, func(r *http.Request) { r.Header.Set("Cookie", cookie) })
+}
+
+func BenchmarkServeHTTP3ProvidersBearer(b *testing.B) {
+	e := bench3Setup(b)
+	benchServe3(b, func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+e.bearer) })
+}
+
+func BenchmarkServeHTTP3ProvidersAZAT(b *testing.B) {
+	e := bench3Setup(b)
+	benchServe3(b, func(r *http.Request) {
+		r.Host = "proxy.example"
+		r.Header.Set("Authorization", "Bearer "+e.azat)
+	})
+}

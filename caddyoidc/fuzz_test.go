@@ -936,12 +936,12 @@ func FuzzLookupClaim(f *testing.F) {
 		if want := claimStrings(got); len(want) > 0 && !reflect.DeepEqual(id.Roles, want) {
 			t.Fatalf("roles %q, want %q", id.Roles, want)
 		}
-		for _, h := range id.vars().headers {
+		for _, h := range id.vars("").headers {
 			if hasCTL(h) {
 				t.Fatalf("identity header %q", h)
 			}
 		}
-		for name, v := range id.vars().placeholders {
+		for name, v := range id.vars("").placeholders {
 			if hasCTL(v) {
 				t.Fatalf("placeholder %s = %q", name, v)
 			}

@@ -438,6 +438,7 @@ func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.S
 			zap.String("namespace", rt.ns))
 	}
 	o.warnBearerAudience(rt)
+	rt.cookieMarker = o.CookieName + "_"
 	rt.callbackPath = o.Routes + "/callback"
 	if o.member {
 		// One of several providers: the paths and pages name it.
@@ -672,6 +673,9 @@ type runtime struct {
 	// providerQuery is "provider=<name>" for one of several providers (added
 	// to the login and device URLs it hands out), else "".
 	providerQuery string
+	// cookieMarker is in every Cookie line holding a session chunk of this
+	// handler ("<cookie_name>_").
+	cookieMarker string
 	// siblings are the site's other providers' handlers, whose cookies this
 	// one strips from upstream requests and ends at a login.
 	siblings []*OIDC

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"reflect"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
@@ -267,8 +268,12 @@ func (ps *providerSet) serveHTTP(o *OIDC, w http.ResponseWriter, r *http.Request
 // AZAT) is its unverified iss (with several, the one whose audience its aud
 // names), else, for an opaque token, the introspecting provider. nil: none.
 func (ps *providerSet) forBearer(tok string, h [32]byte) *OIDC {
+	now := time.Now()
 	for _, c := range ps.list {
-		if _, ok := c.cachedBearer(h); ok {
+		if _, ok := c.rt.introspected.Get(h, now); ok {
+			return c
+		}
+		if c.azat != nil && c.azat.Holds(h) {
 			return c
 		}
 	}
@@ -298,6 +303,18 @@ func (ps *providerSet) forSession(r *http.Request) *OIDC {
 		return nil
 	}
 	for _, c := range ps.interactive {
+		// Most requests hold one provider's cookies: the others are
+		// passed by a substring search of the Cookie header.
+		found := false
+		for _, line := range r.Header["Cookie"] {
+			if strings.Contains(line, c.rt.cookieMarker) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			continue
+		}
 		if _, _, _, present := scanChunks(r, c.cookieOpts(r), nil); present {
 			return c
 		}

@@ -130,7 +130,7 @@ func (o *OIDC) injectUpstream(r *http.Request, id *identity, tok upstreamTokens)
 	default:
 		r.Header.Del("Authorization")
 	}
-	vars := id.vars()
+	vars := id.vars(o.Name)
 	setHeader(r, headerUser, vars.headers[0])
 	setHeader(r, headerEmail, vars.headers[1])
 	setHeader(r, headerPreferredUsername, vars.headers[2])
@@ -149,9 +149,6 @@ func (o *OIDC) injectUpstream(r *http.Request, id *identity, tok upstreamTokens)
 		// Set by other handlers (vars http.auth.user.id ...) still win,
 		// since Caddy asks its static map first.
 		repl.Map(id.placeholder)
-		if o.Name != "" {
-			repl.Set(placeholderPrefix+"provider", o.Name)
-		}
 	}
 }
 
@@ -168,7 +165,7 @@ func (id *identity) placeholder(key string) (any, bool) {
 	if name == "source" {
 		return id.Source, true
 	}
-	v, ok := id.vars().placeholders[name]
+	v, ok := id.vars("").placeholders[name]
 	return v, ok
 }
 
@@ -182,8 +179,10 @@ type identityVars struct {
 	placeholders map[string]string
 }
 
-// vars returns the identity's upstream values, computing them on first use.
-func (id *identity) vars() *identityVars {
+// vars returns the identity's upstream values, computing them on first use
+// with the name of the provider whose identity it is (one provider handler
+// creates and caches an identity: its provider is always the same).
+func (id *identity) vars(provider string) *identityVars {
 	if v := id.computed.Load(); v != nil {
 		return v
 	}
@@ -204,6 +203,9 @@ func (id *identity) vars() *identityVars {
 	v.placeholders["name"] = headerValue(id.Name)
 	v.placeholders["preferred_username"] = v.headers[2]
 	v.placeholders["roles"] = roles
+	if provider != "" {
+		v.placeholders["provider"] = provider
+	}
 	id.computed.Store(v)
 	return v
 }
