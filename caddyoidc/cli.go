@@ -22,7 +22,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "oidc-login",
-		Usage: "[--print] [--force] [--insecure] [--client-id <name>] [--routes /auth] <site-url>",
+		Usage: "[--print] [--force] [--insecure] [--client-id <name>] [--routes /auth] [--provider <name>] <site-url>",
 		Short: "Logs in to a site protected by the oidc handler and stores a long-lived token (AZAT)",
 		Long: `
 Runs the device authorization flow (RFC 8628) against a site whose oidc
@@ -46,6 +46,7 @@ loopback included).`,
 			cmd.Flags().Bool("insecure", false, "allow an http:// site (the token travels unencrypted)")
 			cmd.Flags().String("client-id", "caddy oidc-login", "name shown to the user when approving")
 			cmd.Flags().String("routes", defaultRoutes, "the site's oidc routes prefix")
+			cmd.Flags().String("provider", "", "the provider to log in at, on a site with several (default: the site's default provider)")
 			cmd.Args = cobra.ExactArgs(1)
 			cmd.RunE = caddycmd.WrapCommandFuncForCobra(cmdOIDCLogin)
 		},
@@ -89,8 +90,13 @@ func cmdOIDCLogin(fl caddycmd.Flags) (int, error) {
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}
+	// The stored token is the site's, or the site's at one provider.
+	key, query := site, ""
+	if p := fl.String("provider"); p != "" {
+		key, query = site+"#"+p, "?provider="+url.QueryEscape(p)
+	}
 	if fl.Bool("print") && !fl.Bool("force") {
-		if t, ok := loadStoredToken(store, site); ok && time.Until(time.Unix(t.ExpiresAt, 0)) > time.Hour {
+		if t, ok := loadStoredToken(store, key); ok && time.Until(time.Unix(t.ExpiresAt, 0)) > time.Hour {
 			fmt.Println(t.Token)
 			return caddy.ExitCodeSuccess, nil
 		}
@@ -98,11 +104,11 @@ func cmdOIDCLogin(fl caddycmd.Flags) (int, error) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	client := &http.Client{Timeout: 30 * time.Second, CheckRedirect: noDowngrade(fl.Bool("insecure"))}
-	t, err := deviceLogin(ctx, client, site+"/"+strings.Trim(fl.String("routes"), "/"), fl.String("client-id"), os.Stderr, nil)
+	t, err := deviceLogin(ctx, client, site+"/"+strings.Trim(fl.String("routes"), "/"), query, fl.String("client-id"), os.Stderr, nil)
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}
-	if err := saveToken(store, site, t); err != nil {
+	if err := saveToken(store, key, t); err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}
 	fmt.Fprintf(os.Stderr, "Logged in; token stored in %s (valid until %s).\n", store, time.Unix(t.ExpiresAt, 0).Format(time.RFC1123))
@@ -154,9 +160,10 @@ func saveToken(path, site string, t storedToken) error {
 	return os.Rename(tmp, path)
 }
 
-// deviceLogin runs the RFC 8628 client side against routes (site + prefix).
-// sleep, when nil, is time.Sleep bounded by ctx.
-func deviceLogin(ctx context.Context, client *http.Client, routes, clientID string, out io.Writer, sleep func(time.Duration)) (storedToken, error) {
+// deviceLogin runs the RFC 8628 client side against routes (site + prefix),
+// with query ("" or "?provider=<name>") added to its URLs. sleep, when nil,
+// is time.Sleep bounded by ctx.
+func deviceLogin(ctx context.Context, client *http.Client, routes, query, clientID string, out io.Writer, sleep func(time.Duration)) (storedToken, error) {
 	if sleep == nil {
 		sleep = func(d time.Duration) {
 			select {
@@ -175,7 +182,7 @@ func deviceLogin(ctx context.Context, client *http.Client, routes, clientID stri
 		Error                   string `json:"error"`
 		Description             string `json:"error_description"`
 	}
-	status, err := postForm(ctx, client, routes+"/device/code", url.Values{"client_id": {clientID}}, &start)
+	status, err := postForm(ctx, client, routes+"/device/code"+query, url.Values{"client_id": {clientID}}, &start)
 	if err != nil && status != http.StatusTooManyRequests {
 		return storedToken{}, err
 	}
@@ -201,7 +208,7 @@ func deviceLogin(ctx context.Context, client *http.Client, routes, clientID stri
 			Error       string `json:"error"`
 			Description string `json:"error_description"`
 		}
-		status, err := postForm(ctx, client, routes+"/device/token", url.Values{
+		status, err := postForm(ctx, client, routes+"/device/token"+query, url.Values{
 			"grant_type": {deviceGrantType}, "device_code": {start.DeviceCode}, "client_id": {clientID}}, &res)
 		if err != nil {
 			fmt.Fprintf(out, "polling failed (%v); retrying\n", err)

@@ -97,7 +97,7 @@ func TestOIDCLoginExplainsRefusals(t *testing.T) {
 			w.WriteHeader(tt.status)
 			_, _ = w.Write([]byte(tt.body))
 		}))
-		_, err := deviceLogin(t.Context(), srv.Client(), srv.URL+"/auth", "cli", io.Discard, nil)
+		_, err := deviceLogin(t.Context(), srv.Client(), srv.URL+"/auth", "", "cli", io.Discard, nil)
 		srv.Close()
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%d %s: %v, want %q", tt.status, tt.body, err, tt.want)

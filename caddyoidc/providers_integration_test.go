@@ -307,3 +307,54 @@ func postLogoutTokenAt(t *testing.T, endpoint, token string) int {
 	resp.Body.Close()
 	return resp.StatusCode
 }
+
+func TestProvidersDeviceFlowAtNamedProvider(t *testing.T) {
+	e := startTwoProviders(t, testop.Options{}, "azat")
+	resp, err := http.PostForm(e.site.URL+"/auth/device/code?provider=partner", url.Values{"client_id": {"test-cli"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d deviceStart
+	if err := json.NewDecoder(resp.Body).Decode(&d); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("device code: %d %v", resp.StatusCode, err)
+	}
+	resp.Body.Close()
+	if !strings.HasSuffix(d.VerificationURI, "/auth/device?provider=partner") ||
+		!strings.Contains(d.VerificationURIComplete, "?provider=partner&user_code=") {
+		t.Fatalf("verification URIs %q %q", d.VerificationURI, d.VerificationURIComplete)
+	}
+	poll := func(provider string) (int, map[string]any) {
+		resp, err := http.PostForm(e.site.URL+"/auth/device/token?provider="+provider, url.Values{
+			"grant_type": {"urn:ietf:params:oauth:grant-type:device_code"}, "device_code": {d.DeviceCode}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var m map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&m)
+		return resp.StatusCode, m
+	}
+	// A user logged in at corp cannot approve partner's code: corp does
+	// not know it.
+	corpUser := browser()
+	e.loginAt(t, corpUser, "corp")
+	if resp := get(t, corpUser, e.site.URL+"/auth/device?user_code="+url.QueryEscape(d.UserCode), navigate...); strings.Contains(body(t, resp), "test-cli") {
+		t.Fatal("corp's device page shows partner's code")
+	}
+	c := browser()
+	e.loginAt(t, c, "partner")
+	decide(t, c, e.site.URL, d.UserCode, "approve")
+	// Polled at corp, the code is unknown; at partner it gives an AZAT.
+	if code, m := poll("corp"); code != http.StatusBadRequest {
+		t.Fatalf("polled at corp: %d %v", code, m)
+	}
+	code, m := poll("partner")
+	tok, _ := m["access_token"].(string)
+	if code != 200 || tok == "" {
+		t.Fatalf("polled at partner: %d %v", code, m)
+	}
+	if resp := get(t, browser(), e.site.URL+"/api", "Authorization", "Bearer "+tok); resp.StatusCode != 200 ||
+		e.up.header().Get("X-Auth-Request-Provider") != "partner" {
+		t.Fatalf("device AZAT: %d provider %q", resp.StatusCode, e.up.header().Get("X-Auth-Request-Provider"))
+	}
+}
