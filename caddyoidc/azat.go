@@ -117,7 +117,7 @@ func (o *OIDC) refreshGrant(ctx context.Context, p *provider, key, stale string,
 		})
 		if err != nil {
 			if !errors.Is(err, errIdPUnavailable) {
-				count(metrics.storeErrors, "grant")
+				count(o.rt.m.storeErrors, "grant")
 				if out != nil {
 					// Refreshed but not stored: keep it, a later request stores it.
 					o.logger.Error("storing the refreshed grant failed; kept in memory", errField(err))
@@ -246,12 +246,12 @@ func (o *OIDC) serveToken(w http.ResponseWriter, r *http.Request, p *provider) {
 	m, err := o.azat.Mint(r.Context(), key, origin(r))
 	switch {
 	case err == nil:
-		count(metrics.mints, "success")
+		count(o.rt.m.mints, "success")
 		o.logger.Info("azat minted", zap.String("sub", key), zap.Int64("expires_at", m.ExpiresAt))
 		writeJSON(w, http.StatusOK, m)
 	case errors.Is(err, azatauth.ErrNoGrant):
 		if o.azat.FallbackToAccessToken() {
-			count(metrics.mints, "fallback")
+			count(o.rt.m.mints, "fallback")
 			exp := int64(0)
 			if c := unverifiedClaims(tok.access); c != nil {
 				if e, ok := c["exp"].(float64); ok {
@@ -265,16 +265,16 @@ func (o *OIDC) serveToken(w http.ResponseWriter, r *http.Request, p *provider) {
 			writeJSON(w, http.StatusOK, body)
 			return
 		}
-		count(metrics.mints, "no_grant")
+		count(o.rt.m.mints, "no_grant")
 		writeJSON(w, http.StatusConflict, oauthError{Error: "no_grant",
 			ErrorDescription: "no refresh token is stored for you: log in again at " + o.Routes +
 				"/login with offline access (scope offline_access, or the provider's equivalent), then ask again"})
 	case errors.Is(err, azatauth.ErrKeyUnavailable):
-		count(metrics.mints, "unavailable")
+		count(o.rt.m.mints, "unavailable")
 		o.logger.Warn("azat mint: signing key unavailable", errField(err))
 		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "the signing key is not available yet")
 	default:
-		count(metrics.mints, "unavailable")
+		count(o.rt.m.mints, "unavailable")
 		o.logger.Error("azat mint failed", errField(err))
 		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "could not mint a token")
 	}

@@ -53,7 +53,7 @@ func (o *OIDC) verifyBearer(ctx context.Context, p *provider, tok string) (*iden
 func (o *OIDC) cachedBearer(h [32]byte) (*identity, bool) {
 	id, ok := o.rt.introspected.Get(h, time.Now())
 	if ok {
-		count(metrics.cacheHits, "bearer")
+		count(o.rt.m.cacheHits, "bearer")
 	}
 	return id, ok
 }

@@ -322,7 +322,7 @@ func (o *OIDC) serveDeviceToken(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		o.deleteDevice(ctx, key, rec) // single use
-		count(metrics.mints, "success")
+		count(o.rt.m.mints, "success")
 		o.logger.Info("device flow: azat issued", zap.String("sub", rec.GrantKey), zap.String("client", rec.Client))
 		writeJSON(w, http.StatusOK, map[string]any{"access_token": m.Token, "token_type": "Bearer",
 			"expires_in": m.ExpiresIn, "expires_at": m.ExpiresAt})

@@ -96,7 +96,7 @@ func (o *OIDC) serveLogin(w http.ResponseWriter, r *http.Request, p *provider) {
 	for k, v := range o.AuthParams {
 		authOpts = append(authOpts, oauth2.SetAuthURLParam(k, v))
 	}
-	count(metrics.logins, "started")
+	count(o.rt.m.logins, "started")
 	w.Header().Set("Cache-Control", "no-store")
 	http.Redirect(w, r, o.oauth2Config(p, f.Redirect).AuthCodeURL(f.State, authOpts...), http.StatusFound)
 }
@@ -110,9 +110,9 @@ func (o *OIDC) callbackError(w http.ResponseWriter, r *http.Request, status int,
 	o.logger.Warn("login callback rejected", fields...)
 	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "5")
-		count(metrics.callbacks, "unavailable")
+		count(o.rt.m.callbacks, "unavailable")
 	} else {
-		count(metrics.callbacks, "rejected")
+		count(o.rt.m.callbacks, "rejected")
 	}
 	writePage(w, status, "Login failed", reason, o.Routes+"/login")
 }
@@ -261,7 +261,7 @@ func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider
 	for _, sib := range o.rt.siblings {
 		sib.dropSession(w, r)
 	}
-	count(metrics.callbacks, "success")
+	count(o.rt.m.callbacks, "success")
 	o.logger.Info("login", zap.String("sub", s.Identity.Subject), zap.Bool("refreshable", s.refreshable()))
 	w.Header().Set("Cache-Control", "no-store")
 	http.Redirect(w, r, f.Back, http.StatusFound)

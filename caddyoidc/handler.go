@@ -47,7 +47,7 @@ func (o *OIDC) serveAuthenticated(w http.ResponseWriter, r *http.Request, next c
 		return nil // answered
 	}
 	if id == nil {
-		count(metrics.verifications, "anonymous", "none")
+		count(o.rt.m.verifications, "anonymous", "none")
 		if o.AllowAnonymous {
 			r.Header.Del("Authorization")
 			o.stripOwnCookies(r)
@@ -57,12 +57,12 @@ func (o *OIDC) serveAuthenticated(w http.ResponseWriter, r *http.Request, next c
 		return nil
 	}
 	if reason := o.checkRules(id); reason != "" {
-		count(metrics.verifications, id.Source, "forbidden")
+		count(o.rt.m.verifications, id.Source, "forbidden")
 		o.logger.Info("request forbidden", zap.String("sub", id.Subject), zap.String("reason", reason))
 		o.writeError(w, r, http.StatusForbidden, "insufficient_scope", reason)
 		return nil
 	}
-	count(metrics.verifications, id.Source, "ok")
+	count(o.rt.m.verifications, id.Source, "ok")
 	o.injectUpstream(r, id, token)
 	return next.ServeHTTP(w, r)
 }
@@ -92,12 +92,12 @@ func (o *OIDC) authenticate(w http.ResponseWriter, r *http.Request, p *provider,
 		id, err := o.verifyBearerUncached(r.Context(), p, tok, h)
 		if err != nil {
 			if errors.Is(err, errIdPUnavailable) {
-				count(metrics.verifications, "bearer", "unavailable")
+				count(o.rt.m.verifications, "bearer", "unavailable")
 				o.logger.Warn("bearer token check failed: provider unavailable", errField(err))
 				o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "the identity provider is unavailable")
 				return nil, upstreamTokens{}, false
 			}
-			count(metrics.verifications, "bearer", "invalid")
+			count(o.rt.m.verifications, "bearer", "invalid")
 			o.logger.Info("bearer token rejected", errField(err), zap.String("remote", r.RemoteAddr))
 			o.writeError(w, r, http.StatusUnauthorized, "invalid_token", "the access token is invalid")
 			return nil, upstreamTokens{}, false
@@ -107,7 +107,7 @@ func (o *OIDC) authenticate(w http.ResponseWriter, r *http.Request, p *provider,
 
 	s, err := o.loadSession(r)
 	if err != nil {
-		count(metrics.storeErrors, "load")
+		count(o.rt.m.storeErrors, "load")
 		o.logger.Error("loading session failed", errField(err))
 		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "sessions are unavailable")
 		return nil, upstreamTokens{}, false
@@ -159,16 +159,16 @@ func (o *OIDC) authenticateAZAT(w http.ResponseWriter, r *http.Request, p *provi
 	case err == nil:
 		return id, up, true, true
 	case errors.Is(err, errIdPUnavailable), errors.Is(err, azatauth.ErrStore):
-		count(metrics.verifications, "azat", "unavailable")
+		count(o.rt.m.verifications, "azat", "unavailable")
 		o.logger.Warn("azat: provider or grant store unavailable", errField(err))
 		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable",
 			"the identity provider is unavailable; your token is kept, retry shortly")
 	case errors.Is(err, azatauth.ErrNoGrant):
-		count(metrics.verifications, "azat", "invalid")
+		count(o.rt.m.verifications, "azat", "invalid")
 		o.logger.Info("azat rejected: grant gone", zap.String("remote", r.RemoteAddr))
 		o.writeError(w, r, http.StatusUnauthorized, "invalid_token", "the login behind this token has ended; log in again and get a new token")
 	default:
-		count(metrics.verifications, "azat", "invalid")
+		count(o.rt.m.verifications, "azat", "invalid")
 		o.logger.Info("azat rejected", errField(err), zap.String("remote", r.RemoteAddr))
 		o.writeError(w, r, http.StatusUnauthorized, "invalid_token", "the access token is invalid")
 	}

@@ -67,7 +67,7 @@ func introspectionCacheUntil(now, exp time.Time, ttl time.Duration) time.Time {
 func (o *OIDC) verifyRemote(ctx context.Context, p *provider, tok string, h [32]byte) (*identity, error) {
 	rc := o.rt.remote
 	if err, ok := rc.rejected.Get(h, time.Now()); ok {
-		count(metrics.cacheHits, "bearer_rejected")
+		count(o.rt.m.cacheHits, "bearer_rejected")
 		return nil, err
 	}
 	ch := rc.flights.DoChan(string(h[:]), func() (any, error) {

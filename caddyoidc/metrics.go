@@ -33,24 +33,24 @@ func initMetrics(reg *prometheus.Registry) {
 		const ns = "caddy_oidc"
 		metrics = oidcMetrics{
 			logins: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "logins_total",
-				Help: "Logins started (redirects to the provider)."}, []string{"outcome"}),
+				Help: "Logins started (redirects to the provider)."}, []string{"provider", "outcome"}),
 			callbacks: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "callbacks_total",
 				Help: "Login callbacks by outcome: success, rejected (state, provider error, bad code or ID token), unavailable."},
-				[]string{"outcome"}),
+				[]string{"provider", "outcome"}),
 			refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "refreshes_total",
-				Help: "Refreshes at the provider by outcome: success, invalid_grant, unavailable."}, []string{"outcome"}),
+				Help: "Refreshes at the provider by outcome: success, invalid_grant, unavailable."}, []string{"provider", "outcome"}),
 			refreshTime: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "refresh_duration_seconds",
 				Help:    "Latency of refresh calls to the provider's token endpoint.",
 				Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}),
 			mints: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "azat_mints_total",
-				Help: "AZAT mint requests by outcome: success, no_grant, fallback, unavailable."}, []string{"outcome"}),
+				Help: "AZAT mint requests by outcome: success, no_grant, fallback, unavailable."}, []string{"provider", "outcome"}),
 			verifications: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "verifications_total",
-				Help: "Authentications of requests by kind (session, bearer, azat, anonymous) and outcome (ok, invalid, unavailable, forbidden)."},
-				[]string{"kind", "outcome"}),
+				Help: "Authentications of requests by provider, kind (session, bearer, azat, anonymous) and outcome (ok, invalid, unavailable, forbidden)."},
+				[]string{"provider", "kind", "outcome"}),
 			cacheHits: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "cache_hits_total",
-				Help: "Verified-token and decoded-session cache hits by cache."}, []string{"cache"}),
+				Help: "Verified-token and decoded-session cache hits by cache."}, []string{"provider", "cache"}),
 			storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "store_errors_total",
-				Help: "Errors of Caddy storage (sessions, grants) by operation."}, []string{"op"}),
+				Help: "Errors of Caddy storage (sessions, grants) by operation."}, []string{"provider", "op"}),
 		}
 	})
 	for _, c := range []prometheus.Collector{metrics.logins, metrics.callbacks, metrics.refreshes, metrics.refreshTime,
@@ -98,9 +98,30 @@ var counters = struct {
 	m  map[counterKey]prometheus.Counter
 }{m: map[counterKey]prometheus.Counter{}}
 
-func observeRefresh(start time.Time, outcome string) {
+// providerMetrics are the counters of one provider handler: the metrics'
+// vectors with the provider label set to its name ("" for a site's single
+// unnamed provider).
+type providerMetrics struct {
+	logins, callbacks, refreshes, mints, verifications, cacheHits, storeErrors *prometheus.CounterVec
+}
+
+// metricsFor curries the counters for provider (all nil, counting nothing,
+// when metrics are not initialised).
+func metricsFor(provider string) providerMetrics {
+	curry := func(v *prometheus.CounterVec) *prometheus.CounterVec {
+		if v == nil {
+			return nil
+		}
+		return v.MustCurryWith(prometheus.Labels{"provider": provider})
+	}
+	return providerMetrics{logins: curry(metrics.logins), callbacks: curry(metrics.callbacks),
+		refreshes: curry(metrics.refreshes), mints: curry(metrics.mints), verifications: curry(metrics.verifications),
+		cacheHits: curry(metrics.cacheHits), storeErrors: curry(metrics.storeErrors)}
+}
+
+func (o *OIDC) observeRefresh(start time.Time, outcome string) {
 	if metrics.refreshTime != nil {
 		metrics.refreshTime.Observe(time.Since(start).Seconds())
 	}
-	count(metrics.refreshes, outcome)
+	count(o.rt.m.refreshes, outcome)
 }

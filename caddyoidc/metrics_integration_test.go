@@ -64,15 +64,15 @@ func TestMetricsScraped(t *testing.T) {
 	after := scrape()
 	delta := func(name string) float64 { return metricValue(t, after, name) - metricValue(t, before, name) }
 	checks := map[string]float64{
-		`caddy_oidc_logins_total{outcome="started"}`:                      1,
-		`caddy_oidc_callbacks_total{outcome="success"}`:                   1,
-		`caddy_oidc_callbacks_total{outcome="rejected"}`:                  1,
-		`caddy_oidc_azat_mints_total{outcome="success"}`:                  1,
-		`caddy_oidc_verifications_total{kind="bearer",outcome="invalid"}`: 1,
-		`caddy_oidc_refreshes_total{outcome="success"}`:                   1,
-		`caddy_oidc_refresh_duration_seconds_count`:                       1,
-		`caddy_oidc_verifications_total{kind="session",outcome="ok"}`:     2,
-		`caddy_oidc_verifications_total{kind="anonymous",outcome="none"}`: 1,
+		`caddy_oidc_logins_total{outcome="started",provider=""}`:                      1,
+		`caddy_oidc_callbacks_total{outcome="success",provider=""}`:                   1,
+		`caddy_oidc_callbacks_total{outcome="rejected",provider=""}`:                  1,
+		`caddy_oidc_azat_mints_total{outcome="success",provider=""}`:                  1,
+		`caddy_oidc_verifications_total{kind="bearer",outcome="invalid",provider=""}`: 1,
+		`caddy_oidc_refreshes_total{outcome="success",provider=""}`:                   1,
+		`caddy_oidc_refresh_duration_seconds_count`:                                   1,
+		`caddy_oidc_verifications_total{kind="session",outcome="ok",provider=""}`:     2,
+		`caddy_oidc_verifications_total{kind="anonymous",outcome="none",provider=""}`: 1,
 	}
 	for name, want := range checks {
 		if got := delta(name); got != want {

@@ -439,6 +439,7 @@ func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.S
 	}
 	o.warnBearerAudience(rt)
 	rt.cookieMarker = o.CookieName + "_"
+	rt.m = metricsFor(o.Name)
 	rt.callbackPath = o.Routes + "/callback"
 	if o.member {
 		// One of several providers: the paths and pages name it.
@@ -676,6 +677,8 @@ type runtime struct {
 	// cookieMarker is in every Cookie line holding a session chunk of this
 	// handler ("<cookie_name>_").
 	cookieMarker string
+	// m are the handler's counters (labelled with its provider).
+	m providerMetrics
 	// siblings are the site's other providers' handlers, whose cookies this
 	// one strips from upstream requests and ends at a login.
 	siblings []*OIDC

@@ -249,7 +249,7 @@ func (ps *providerSet) serveHTTP(o *OIDC, w http.ResponseWriter, r *http.Request
 		c := ps.forBearer(tok, h)
 		if c == nil {
 			// No provider's token: refused without a call to any of them.
-			count(metrics.verifications, "bearer", "invalid")
+			count(ps.fallback.rt.m.verifications, "bearer", "invalid")
 			o.logger.Info("bearer token rejected: no provider has its issuer",
 				zap.String("iss", printable(azatauth.PeekIssuer(tok), 100)), zap.String("remote", r.RemoteAddr))
 			o.writeError(w, r, http.StatusUnauthorized, "invalid_token", "the access token is invalid")

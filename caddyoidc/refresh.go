@@ -82,7 +82,7 @@ func (o *OIDC) refreshLocked(ctx context.Context, p *provider, s *session) (*ses
 	}
 	lock := sessionKey(s.ID)
 	if err := o.storage.Lock(ctx, lock); err != nil {
-		count(metrics.storeErrors, "lock")
+		count(o.rt.m.storeErrors, "lock")
 		o.logger.Error("session store lock failed", errField(err))
 		return nil, false, errIdPUnavailable
 	}
@@ -93,7 +93,7 @@ func (o *OIDC) refreshLocked(ctx context.Context, p *provider, s *session) (*ses
 	}()
 	cur, err := o.loadStored(ctx, s.ID)
 	if err != nil {
-		count(metrics.storeErrors, "load")
+		count(o.rt.m.storeErrors, "load")
 		o.logger.Error("session store load failed", errField(err))
 		return nil, false, errIdPUnavailable
 	}
@@ -113,7 +113,7 @@ func (o *OIDC) refreshLocked(ctx context.Context, p *provider, s *session) (*ses
 	if err := o.storeSession(ctx, ns); err != nil {
 		// The provider may have rotated the refresh token: the new session
 		// is kept in memory and stored by a later request (saveSession).
-		count(metrics.storeErrors, "store")
+		count(o.rt.m.storeErrors, "store")
 		o.logger.Error("storing refreshed session failed; kept in memory", errField(err))
 		return ns, false, nil
 	}
@@ -129,15 +129,15 @@ func (o *OIDC) refreshAtIdP(ctx context.Context, p *provider, s *session) (*sess
 	if err != nil {
 		var re *oauth2.RetrieveError
 		if errors.As(err, &re) && re.ErrorCode == "invalid_grant" {
-			observeRefresh(start, "invalid_grant")
+			o.observeRefresh(start, "invalid_grant")
 			o.logger.Info("refresh refused by the provider; session ends", zap.String("sub", s.Identity.Subject))
 			return nil, errGrantGone
 		}
-		observeRefresh(start, "unavailable")
+		o.observeRefresh(start, "unavailable")
 		o.logger.Warn("refresh failed; keeping tokens", zap.String("sub", s.Identity.Subject), errField(err))
 		return nil, errIdPUnavailable
 	}
-	observeRefresh(start, "success")
+	o.observeRefresh(start, "success")
 	ns := *s
 	ns.AccessToken = tok.AccessToken
 	ns.TokenType = tok.TokenType

@@ -32,7 +32,7 @@ func (o *OIDC) sessionFromCookie(ctx context.Context, raw string) (*session, err
 	var s *session
 	if o.Session != "store" {
 		if s, _ = o.rt.sessions.Get(raw, time.Now()); s != nil {
-			count(metrics.cacheHits, "session")
+			count(o.rt.m.cacheHits, "session")
 		}
 	}
 	if s == nil {
@@ -231,7 +231,7 @@ func (o *OIDC) deleteStoredLocked(ctx context.Context, id string) error {
 // session_cache comes from memory.
 func (o *OIDC) loadStoredCached(ctx context.Context, id string) (*session, error) {
 	if s, ok := o.rt.stored.Get(id, time.Now()); ok {
-		count(metrics.cacheHits, "stored_session")
+		count(o.rt.m.cacheHits, "stored_session")
 		return s, nil
 	}
 	s, err := o.loadStored(ctx, id)
