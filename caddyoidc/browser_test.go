@@ -242,3 +242,50 @@ func TestBrowserLogoutWithoutEndSession(t *testing.T) {
 		t.Fatalf("after logout /app went to %s, want the provider's login", loc)
 	}
 }
+
+// TestBrowserProviderChooser: at a site with two providers, an
+// unauthenticated visit shows the chooser page; the user picks the second
+// provider with the keyboard alone (Tab, Tab, Enter), logs in there, and
+// lands where they were going, as that provider's user.
+func TestBrowserProviderChooser(t *testing.T) {
+	ctx := headless(t)
+	e := startTwoProviders(t, testop.Options{})
+	var title, nav string
+	err := chromedp.Run(ctx,
+		chromedp.Navigate(e.site.URL+"/app/report?id=7"),
+		chromedp.WaitVisible(`nav a`, chromedp.ByQuery),
+		chromedp.Title(&title),
+		chromedp.Evaluate(`document.querySelector('nav').getAttribute('aria-labelledby') + ':' +
+			Array.from(document.querySelectorAll('nav a')).map(a => a.textContent).join('|')`, &nav),
+	)
+	if err != nil {
+		t.Fatalf("chooser: %v", err)
+	}
+	if title != "Log in" || nav != "choose:Log in with corp|Log in with Partner SSO" {
+		t.Fatalf("chooser page: title %q, nav %q", title, nav)
+	}
+	err = chromedp.Run(ctx,
+		chromedp.KeyEvent("\t"), chromedp.KeyEvent("\t"), chromedp.KeyEvent("\r"),
+	)
+	if err != nil {
+		t.Fatalf("keyboard: %v", err)
+	}
+	waitLocation(t, ctx, e.partner.Issuer)
+	err = chromedp.Run(ctx,
+		chromedp.WaitVisible(`#password`, chromedp.ByID),
+		chromedp.SetValue(`#username`, testop.Username, chromedp.ByID),
+		chromedp.SetValue(`#password`, testop.Password, chromedp.ByID),
+		chromedp.Click(`button[type=submit]`, chromedp.ByQuery),
+	)
+	if err != nil {
+		t.Fatalf("login at partner: %v", err)
+	}
+	waitLocation(t, ctx, e.site.URL+"/app/report")
+	var text string
+	if err := chromedp.Run(ctx, chromedp.Text(`body`, &text, chromedp.ByQuery)); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(text, `/app/report?id=7`) || e.up.header().Get("X-Auth-Request-Provider") != "partner" {
+		t.Fatalf("after login: %q, provider %q", text, e.up.header().Get("X-Auth-Request-Provider"))
+	}
+}

@@ -180,8 +180,6 @@ func (o *OIDC) authenticateAZAT(w http.ResponseWriter, r *http.Request, p *provi
 func (o *OIDC) stripOwnCookies(r *http.Request) {
 	if o.StripCookies == nil || *o.StripCookies {
 		stripCookies(r, o.cookieOpts(r))
-		for _, s := range o.rt.siblings {
-			stripCookies(r, s.cookieOpts(r))
-		}
+		o.stripSiblingCookies(r)
 	}
 }

@@ -481,6 +481,9 @@ func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.S
 			if base == "" {
 				base = o.AZAT.SiteOrigin
 			}
+			if base == "" {
+				return errors.New("azat: with several providers, the AZAT issuers are named after the site's address or the azat issuer: give site or azat { issuer }")
+			}
 			o.AZAT.Issuer = strings.TrimSuffix(base, "/") + "/" + o.Name
 		}
 		if o.azat, err = o.AZAT.Provision(ctx, o.logger.Named("azat"), o.storage, rt.httpClient); err != nil {

@@ -62,6 +62,10 @@ type providerSet struct {
 	jwksPath string
 }
 
+// maxProviders bounds the providers of a site (a bit mask per request
+// tells which providers' cookies it holds).
+const maxProviders = 64
+
 // validProviderName tells whether name can name a provider: it appears in
 // paths, cookie names and log lines.
 func validProviderName(name string) bool {
@@ -90,6 +94,9 @@ func (o *OIDC) validateProviders() error {
 		}
 		if !validProviderName(p.Name) {
 			return fmt.Errorf("oidc: provider name %q must be 1 to 32 lowercase letters, digits or '-'", p.Name)
+		}
+		if len(seen) == maxProviders {
+			return fmt.Errorf("oidc: at most %d providers per site", maxProviders)
 		}
 		if seen[p.Name] {
 			return fmt.Errorf("oidc: provider %q is configured twice", p.Name)
@@ -232,6 +239,30 @@ func (o *OIDC) dropSession(w http.ResponseWriter, r *http.Request) {
 	o.clearSession(w, r, s)
 }
 
+// stripSiblingCookies removes the other providers' cookies from the
+// upstream request. Cookie names are compared first (not the long values),
+// so a request without them costs one pass over the names.
+func (o *OIDC) stripSiblingCookies(r *http.Request) {
+	if len(o.rt.siblings) == 0 {
+		return
+	}
+	var present uint64 // bit i: siblings[i] has a cookie here
+	cookiePairs(r, func(name, _ string) bool {
+		n := strings.TrimPrefix(name, hostPrefix)
+		for i, s := range o.rt.siblings {
+			if strings.HasPrefix(n, s.rt.cookieMarker) {
+				present |= 1 << i
+			}
+		}
+		return true
+	})
+	for i, s := range o.rt.siblings {
+		if present&(1<<i) != 0 {
+			stripCookies(r, s.cookieOpts(r))
+		}
+	}
+}
+
 // serveHTTP chooses the provider handler of the request (see above).
 func (ps *providerSet) serveHTTP(o *OIDC, w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if route, ok := strings.CutPrefix(r.URL.Path, o.Routes+"/"); ok {
@@ -257,10 +288,30 @@ func (ps *providerSet) serveHTTP(o *OIDC, w http.ResponseWriter, r *http.Request
 		}
 		return c.serveAuthenticated(w, r, next, &h)
 	}
-	if c := ps.forSession(r); c != nil {
+	c, ambiguous := ps.forSession(r)
+	if ambiguous {
+		return ps.serveNoSession(w, r, next)
+	}
+	if c != nil {
 		return c.serveAuthenticated(w, r, next, nil)
 	}
 	return ps.fallback.serveAuthenticated(w, r, next, nil)
+}
+
+// serveNoSession answers a request whose cookies open no session (several
+// providers' sessions): unauthenticated, as without cookies.
+func (ps *providerSet) serveNoSession(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	f := ps.fallback
+	f.logger.Warn("session cookies of several providers: none is used", zap.String("remote", r.RemoteAddr))
+	f.removeIdentityHeaders(r)
+	count(f.rt.m.verifications, "session", "invalid")
+	if f.AllowAnonymous {
+		r.Header.Del("Authorization")
+		f.stripOwnCookies(r)
+		return next.ServeHTTP(w, r)
+	}
+	f.unauthenticated(w, r, "unauthorized", "authentication required")
+	return nil
 }
 
 // forBearer is the provider handler of a bearer token: the one whose
@@ -296,28 +347,74 @@ func (ps *providerSet) forBearer(tok string, h [32]byte) *OIDC {
 	return cs[0]
 }
 
-// forSession is the provider handler whose session cookie the request
-// carries, or nil.
-func (ps *providerSet) forSession(r *http.Request) *OIDC {
+// forSession is the provider handler whose session cookies (chunks, in the
+// spelling in use: a bare name beside __Host- ones is not read) the request
+// carries, or nil. ambiguous is true when it carries chunks of two
+// providers: one may have been tossed in (a sibling subdomain, plain HTTP)
+// beside the user's, and neither may choose the session, as with duplicate
+// chunks of one provider. Only cookie names are compared, not the (long)
+// values; the handler then reads and checks its chunks itself.
+func (ps *providerSet) forSession(r *http.Request) (found *OIDC, ambiguous bool) {
 	if len(r.Header["Cookie"]) == 0 {
-		return nil
+		return nil, false
 	}
-	for _, c := range ps.interactive {
-		// Most requests hold one provider's cookies: the others are
-		// passed by a substring search of the Cookie header.
-		found := false
-		for _, line := range r.Header["Cookie"] {
-			if strings.Contains(line, c.rt.cookieMarker) {
-				found = true
-				break
+	cookiePairs(r, func(name, _ string) bool {
+		n := strings.TrimPrefix(name, hostPrefix)
+		for _, c := range ps.interactive {
+			if !strings.HasPrefix(n, c.rt.cookieMarker) {
+				continue
+			}
+			if k, _, active := c.cookieOpts(r).classify(name); k == chunkCookie && active {
+				if found != nil && found != c {
+					ambiguous = true
+					return false
+				}
+				found = c
 			}
 		}
-		if !found {
-			continue
+		return true
+	})
+	if ambiguous {
+		return nil, true
+	}
+	return found, false
+}
+
+// hasSession tells whether the request carries a session chunk of this
+// handler in the spelling in use.
+func (o *OIDC) hasSession(r *http.Request) bool {
+	opts := o.cookieOpts(r)
+	found := false
+	cookiePairs(r, func(name, _ string) bool {
+		if k, _, active := opts.classify(name); k == chunkCookie && active {
+			found = true
+			return false
 		}
-		if _, _, _, present := scanChunks(r, c.cookieOpts(r), nil); present {
-			return c
+		return true
+	})
+	return found
+}
+
+// endHere ends, at a logout served by another provider of the site, every
+// session this provider's cookies in the request open (everywhere, as
+// serveLogout does; the browser is sent to one provider's logout only).
+func (o *OIDC) endHere(w http.ResponseWriter, r *http.Request) error {
+	p := o.rt.disc.get(r.Context())
+	if p == nil {
+		return errIdPUnavailable
+	}
+	sessions, err := o.logoutSessions(r)
+	if err != nil && !errors.Is(err, errTooManyCookies) {
+		return err
+	}
+	for _, s := range sessions {
+		if err := o.endSession(r.Context(), p, s); err != nil {
+			return err
 		}
+	}
+	o.clearSession(w, r, nil)
+	if len(sessions) > 0 {
+		o.logger.Info("logout (with the site's logout at another provider)", zap.Int("sessions", len(sessions)))
 	}
 	return nil
 }
@@ -338,7 +435,7 @@ func (ps *providerSet) forRoute(r *http.Request) (*OIDC, bool) {
 		c := ps.forBearer(tok, h)
 		return c, c != nil
 	}
-	if c := ps.forSession(r); c != nil {
+	if c, _ := ps.forSession(r); c != nil {
 		return c, true
 	}
 	return ps.fallback, true
@@ -381,6 +478,19 @@ func (ps *providerSet) serveRoute(o *OIDC, w http.ResponseWriter, r *http.Reques
 	if c == nil {
 		o.writeError(w, r, http.StatusNotFound, "not_found", "no such provider")
 		return nil
+	}
+	if route == "logout" && r.Method == http.MethodPost && sameOrigin(r) {
+		// One logout ends the browser's sessions at every provider (one
+		// may have been tossed in beside the user's).
+		for _, s := range ps.interactive {
+			if s != c && s.hasSession(r) {
+				if err := s.endHere(w, r); err != nil {
+					s.logger.Error("logout: ending the session failed", errField(err))
+					o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "the logout could not be recorded; retry")
+					return nil
+				}
+			}
+		}
 	}
 	return c.serveRoute(w, r, route, next)
 }
