@@ -38,19 +38,16 @@ type benchEnv struct {
 	azat   string
 }
 
-var (
-	benchOnce sync.Once
-	benchE    *benchEnv
-	benchErr  error
-)
+// benchEnvOnce sets the benchmark environment up once per test binary.
+var benchEnvOnce = sync.OnceValues(newBenchEnv)
 
 func benchSetup(b *testing.B) *benchEnv {
 	b.Helper()
-	benchOnce.Do(func() { benchE, benchErr = newBenchEnv() })
-	if benchErr != nil {
-		b.Fatal(benchErr)
+	e, err := benchEnvOnce()
+	if err != nil {
+		b.Fatal(err)
 	}
-	return benchE
+	return e
 }
 
 func newBenchEnv() (*benchEnv, error) {
@@ -205,17 +202,22 @@ func BenchmarkBearerVerifyWarm(b *testing.B) {
 }
 
 func benchServe(b *testing.B, set func(*http.Request)) {
-	e := benchSetup(b)
+	benchServeAt(b, benchSetup(b).o, "", set)
+}
+
+// benchServeAt serves the request set builds with o, which must
+// authenticate it (at provider, when not "").
+func benchServeAt(b *testing.B, o *OIDC, provider string, set func(*http.Request)) {
 	w := httptest.NewRecorder()
 	b.ReportAllocs()
 	for b.Loop() {
 		r := benchRequest()
 		set(r)
-		if err := e.o.ServeHTTP(w, r, nop); err != nil {
+		if err := o.ServeHTTP(w, r, nop); err != nil {
 			b.Fatal(err)
 		}
-		if r.Header.Get(headerUser) == "" {
-			b.Fatalf("not authenticated: %d %s", w.Code, w.Body.String())
+		if r.Header.Get(headerUser) == "" || r.Header.Get(headerProvider) != provider {
+			b.Fatalf("not authenticated (at %q): %d %s", provider, w.Code, w.Body.String())
 		}
 		accessLogUser(r)
 	}
@@ -399,20 +401,21 @@ type bench3Env struct {
 	cookieName           string
 }
 
-var (
-	bench3Once sync.Once
-	bench3E    *bench3Env
-	bench3Err  error
-)
+var bench3Once = sync.OnceValues(func() (*bench3Env, error) {
+	e, err := benchEnvOnce()
+	if err != nil {
+		return nil, err
+	}
+	return newBench3Env(e)
+})
 
 func bench3Setup(b *testing.B) *bench3Env {
 	b.Helper()
-	e := benchSetup(b)
-	bench3Once.Do(func() { bench3E, bench3Err = newBench3Env(e) })
-	if bench3Err != nil {
-		b.Fatal(bench3Err)
+	e, err := bench3Once()
+	if err != nil {
+		b.Fatal(err)
 	}
-	return bench3E
+	return e
 }
 
 func newBench3Env(e *benchEnv) (*bench3Env, error) {
@@ -473,41 +476,23 @@ func mustOpen(b []byte, err error) []byte {
 	return b
 }
 
-// benchServe3 is benchServe at the three-provider site.
-func benchServe3(b *testing.B, set func(*http.Request)) {
-	e := bench3Setup(b)
-	w := httptest.NewRecorder()
-	b.ReportAllocs()
-	for b.Loop() {
-		r := benchRequest()
-		set(r)
-		if err := e.o.ServeHTTP(w, r, nop); err != nil {
-			b.Fatal(err)
-		}
-		if r.Header.Get(headerUser) == "" || r.Header.Get(headerProvider) != "main" {
-			b.Fatalf("not authenticated at main: %d %s", w.Code, w.Body.String())
-		}
-		accessLogUser(r)
-	}
-}
-
 // BenchmarkServeHTTP3Providers*: the same requests as BenchmarkServeHTTP*
 // at a site with three providers (the request's last): the cost of
 // choosing the provider.
 func BenchmarkServeHTTP3ProvidersCookie(b *testing.B) {
 	e := bench3Setup(b)
 	cookie := e.cookieName + "=" + e.cookie
-	benchServe3(b, func(r *http.Request) { r.Header.Set("Cookie", cookie) })
+	benchServeAt(b, e.o, "main", func(r *http.Request) { r.Header.Set("Cookie", cookie) })
 }
 
 func BenchmarkServeHTTP3ProvidersBearer(b *testing.B) {
 	e := bench3Setup(b)
-	benchServe3(b, func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+e.bearer) })
+	benchServeAt(b, e.o, "main", func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+e.bearer) })
 }
 
 func BenchmarkServeHTTP3ProvidersAZAT(b *testing.B) {
 	e := bench3Setup(b)
-	benchServe3(b, func(r *http.Request) {
+	benchServeAt(b, e.o, "main", func(r *http.Request) {
 		r.Host = "proxy.example"
 		r.Header.Set("Authorization", "Bearer "+e.azat)
 	})

@@ -123,8 +123,17 @@ func TestBrowserLogin(t *testing.T) {
 // provider's login form, and logs in there as the test user.
 func browserLogin(t *testing.T, ctx context.Context, url string) {
 	t.Helper()
+	if err := chromedp.Run(ctx, chromedp.Navigate(url)); err != nil {
+		t.Fatalf("browser: %v", err)
+	}
+	fillLogin(t, ctx)
+}
+
+// fillLogin logs in as the test user at the provider's login form the
+// browser shows.
+func fillLogin(t *testing.T, ctx context.Context) {
+	t.Helper()
 	err := chromedp.Run(ctx,
-		chromedp.Navigate(url),
 		chromedp.WaitVisible(`#password`, chromedp.ByID),
 		chromedp.SetValue(`#username`, testop.Username, chromedp.ByID),
 		chromedp.SetValue(`#password`, testop.Password, chromedp.ByID),
@@ -271,15 +280,7 @@ func TestBrowserProviderChooser(t *testing.T) {
 		t.Fatalf("keyboard: %v", err)
 	}
 	waitLocation(t, ctx, e.partner.Issuer)
-	err = chromedp.Run(ctx,
-		chromedp.WaitVisible(`#password`, chromedp.ByID),
-		chromedp.SetValue(`#username`, testop.Username, chromedp.ByID),
-		chromedp.SetValue(`#password`, testop.Password, chromedp.ByID),
-		chromedp.Click(`button[type=submit]`, chromedp.ByQuery),
-	)
-	if err != nil {
-		t.Fatalf("login at partner: %v", err)
-	}
+	fillLogin(t, ctx)
 	waitLocation(t, ctx, e.site.URL+"/app/report")
 	var text string
 	if err := chromedp.Run(ctx, chromedp.Text(`body`, &text, chromedp.ByQuery)); err != nil {

@@ -229,11 +229,10 @@ func TestRemoveIdentityHeadersSpellings(t *testing.T) {
 // identity and claim headers in other spellings never reach the next
 // handler, for a session and for an anonymous request.
 func TestServeHTTPRemovesForgedIdentityHeaders(t *testing.T) {
-	benchOnce.Do(func() { benchE, benchErr = newBenchEnv() })
-	if benchErr != nil {
-		t.Fatal(benchErr)
+	e, err := benchEnvOnce()
+	if err != nil {
+		t.Fatal(err)
 	}
-	e := benchE
 	o := &OIDC{Provider: Provider{Issuer: e.op.Issuer, ClientID: testop.WebClientID, ClientSecret: testop.WebClientSecret, ClaimHeaders: map[string]string{"X-User-Name": "name"}},
 		CookieSecret: strings.Repeat("s", 32), AllowAnonymous: true}
 	if err := o.provision(context.Background(), zap.NewNop(), &certmagic.FileStorage{Path: t.TempDir()}); err != nil {

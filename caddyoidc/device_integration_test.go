@@ -40,7 +40,13 @@ func startDevice(t *testing.T, site string) deviceStart {
 
 func pollDevice(t *testing.T, site, deviceCode string) (int, map[string]any) {
 	t.Helper()
-	resp, err := http.PostForm(site+"/auth/device/token", url.Values{
+	return pollDeviceAt(t, site+"/auth/device/token", deviceCode)
+}
+
+// pollDeviceAt polls the device token endpoint at endpoint.
+func pollDeviceAt(t *testing.T, endpoint, deviceCode string) (int, map[string]any) {
+	t.Helper()
+	resp, err := http.PostForm(endpoint, url.Values{
 		"grant_type": {"urn:ietf:params:oauth:grant-type:device_code"}, "device_code": {deviceCode}})
 	if err != nil {
 		t.Fatal(err)

@@ -48,13 +48,7 @@ func (o *OIDC) serveAuthenticated(w http.ResponseWriter, r *http.Request, next c
 	}
 	if id == nil {
 		count(o.rt.m.verifications, "anonymous", "none")
-		if o.AllowAnonymous {
-			r.Header.Del("Authorization")
-			o.stripOwnCookies(r)
-			return next.ServeHTTP(w, r)
-		}
-		o.unauthenticated(w, r, "unauthorized", "authentication required")
-		return nil
+		return o.serveAnonymous(w, r, next)
 	}
 	if reason := o.checkRules(id); reason != "" {
 		count(o.rt.m.verifications, id.Source, "forbidden")
@@ -65,6 +59,18 @@ func (o *OIDC) serveAuthenticated(w http.ResponseWriter, r *http.Request, next c
 	count(o.rt.m.verifications, id.Source, "ok")
 	o.injectUpstream(r, id, token)
 	return next.ServeHTTP(w, r)
+}
+
+// serveAnonymous sends a request without identity on (allow_anonymous) or
+// answers it as unauthenticated.
+func (o *OIDC) serveAnonymous(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if o.AllowAnonymous {
+		r.Header.Del("Authorization")
+		o.stripOwnCookies(r)
+		return next.ServeHTTP(w, r)
+	}
+	o.unauthenticated(w, r, "unauthorized", "authentication required")
+	return nil
 }
 
 // authenticate finds the request's identity from its bearer token or its

@@ -305,13 +305,7 @@ func (ps *providerSet) serveNoSession(w http.ResponseWriter, r *http.Request, ne
 	f.logger.Warn("session cookies of several providers: none is used", zap.String("remote", r.RemoteAddr))
 	f.removeIdentityHeaders(r)
 	count(f.rt.m.verifications, "session", "invalid")
-	if f.AllowAnonymous {
-		r.Header.Del("Authorization")
-		f.stripOwnCookies(r)
-		return next.ServeHTTP(w, r)
-	}
-	f.unauthenticated(w, r, "unauthorized", "authentication required")
-	return nil
+	return f.serveAnonymous(w, r, next)
 }
 
 // forBearer is the provider handler of a bearer token: the one whose

@@ -324,15 +324,7 @@ func TestProvidersDeviceFlowAtNamedProvider(t *testing.T) {
 		t.Fatalf("verification URIs %q %q", d.VerificationURI, d.VerificationURIComplete)
 	}
 	poll := func(provider string) (int, map[string]any) {
-		resp, err := http.PostForm(e.site.URL+"/auth/device/token?provider="+provider, url.Values{
-			"grant_type": {"urn:ietf:params:oauth:grant-type:device_code"}, "device_code": {d.DeviceCode}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var m map[string]any
-		_ = json.NewDecoder(resp.Body).Decode(&m)
-		return resp.StatusCode, m
+		return pollDeviceAt(t, e.site.URL+"/auth/device/token?provider="+provider, d.DeviceCode)
 	}
 	// A user logged in at corp cannot approve partner's code: corp does
 	// not know it.
