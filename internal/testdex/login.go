@@ -1,0 +1,199 @@
+package testdex
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"html"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"regexp"
+	"strings"
+)
+
+// ErrInvalidCredentials: dex showed its login form again with "Invalid Email
+// Address and password." (Login's error wraps it).
+var ErrInvalidCredentials = errors.New("dex refused the email or password")
+
+// LoginAndGetCallback logs the first user in; see Login.
+func (d *Dex) LoginAndGetCallback(ctx context.Context, authorizeURL string) (callbackURL string, err error) {
+	email, password := d.User()
+	return d.Login(ctx, nil, authorizeURL, email, password)
+}
+
+// Login drives a login without a browser, like testop.OP.Login. startURL is
+// dex's authorization URL or an RP URL that redirects there (e.g. Caddy's
+// /auth/login?back=...). Redirects are followed with client (nil: a new
+// client with a cookie jar; otherwise a copy of it with redirect following
+// disabled, sharing its Jar and Transport). On dex, the redirect chain is
+// /auth -> /auth/local -> /auth/local/login?state=<auth request>, whose
+// form (fields "login" and "password", posted to the form's action) is
+// submitted with username (a user's email) and password. With
+// Options.ShowApprovalScreen the approval form is then submitted with
+// approval=approve. The first redirect that leaves dex after visiting it
+// (the RP's callback with code and state) is returned without being followed.
+//
+// If dex redirects back with an OAuth error (error=...), the callback URL is
+// returned together with a non-nil error. A refused password yields an error
+// wrapping ErrInvalidCredentials; a dex error page (unknown client,
+// redirect_uri not registered, unknown scope, ...) an error with its message.
+func (d *Dex) Login(ctx context.Context, client *http.Client, startURL, username, password string) (callbackURL string, err error) {
+	var c http.Client
+	if client != nil {
+		c = *client
+	}
+	if c.Jar == nil {
+		if c.Jar, err = cookiejar.New(nil); err != nil {
+			return "", err
+		}
+	}
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+	issuer, err := url.Parse(d.issuer)
+	if err != nil {
+		return "", err
+	}
+	cur, err := url.Parse(startURL)
+	if err != nil {
+		return "", err
+	}
+	var form url.Values
+	visited := false
+	submittedPassword := false
+	for range 20 {
+		onDex := cur.Scheme == issuer.Scheme && cur.Host == issuer.Host
+		if !onDex && visited {
+			if q := cur.Query(); q.Get("error") != "" {
+				return cur.String(), fmt.Errorf("testdex: login: dex redirected with error %q: %s", q.Get("error"), q.Get("error_description"))
+			}
+			return cur.String(), nil
+		}
+		visited = visited || onDex
+
+		var req *http.Request
+		if form != nil {
+			req, err = http.NewRequestWithContext(ctx, http.MethodPost, cur.String(), strings.NewReader(form.Encode()))
+			if req != nil {
+				req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			}
+		} else {
+			req, err = http.NewRequestWithContext(ctx, http.MethodGet, cur.String(), nil)
+		}
+		if err != nil {
+			return "", err
+		}
+		posted := form != nil
+		form = nil
+		resp, err := c.Do(req)
+		if err != nil {
+			return "", fmt.Errorf("testdex: login: %w", err)
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		resp.Body.Close()
+
+		if resp.StatusCode >= 300 && resp.StatusCode < 400 {
+			loc, err := resp.Location()
+			if err != nil {
+				return "", fmt.Errorf("testdex: login: %s %s: %d without usable Location: %v", req.Method, cur, resp.StatusCode, err)
+			}
+			cur = loc
+			continue
+		}
+		page := string(body)
+		switch {
+		case onDex && posted && submittedPassword && strings.Contains(page, `id="login-error"`):
+			return "", fmt.Errorf("testdex: login: %s as %q: %w (status %d)", cur.Path, username, ErrInvalidCredentials, resp.StatusCode)
+		case onDex && resp.StatusCode == http.StatusOK && !posted && strings.Contains(page, `name="login"`):
+			f, ok := firstForm(page)
+			if !ok {
+				return "", fmt.Errorf("testdex: login: no form in dex's login page %s", cur)
+			}
+			target, err := cur.Parse(f.action)
+			if err != nil {
+				return "", fmt.Errorf("testdex: login: form action %q: %v", f.action, err)
+			}
+			form = f.fields
+			form.Set("login", username)
+			form.Set("password", password)
+			cur = target
+			submittedPassword = true
+		case onDex && resp.StatusCode == http.StatusOK && !posted && strings.Contains(page, `name="approval"`):
+			f, ok := firstForm(page)
+			if !ok || f.fields.Get("approval") != "approve" {
+				return "", fmt.Errorf("testdex: login: no approve form in dex's approval page %s", cur)
+			}
+			target, err := cur.Parse(f.action) // no action: the page's own URL (with req and hmac)
+			if err != nil {
+				return "", fmt.Errorf("testdex: login: form action %q: %v", f.action, err)
+			}
+			form = f.fields
+			cur = target
+		default:
+			return "", fmt.Errorf("testdex: login: %s %s: status %d: %s", req.Method, cur, resp.StatusCode, pageMessage(page))
+		}
+	}
+	return "", errors.New("testdex: login: too many redirects")
+}
+
+type htmlForm struct {
+	action string
+	fields url.Values // the form's inputs that have a name and a value
+}
+
+var (
+	formRe   = regexp.MustCompile(`(?is)<form\b([^>]*)>(.*?)</form>`)
+	inputRe  = regexp.MustCompile(`(?is)<input\b([^>]*)>`)
+	attrRe   = regexp.MustCompile(`(?is)\b([a-z-]+)\s*=\s*"([^"]*)"`)
+	titleRe  = regexp.MustCompile(`(?is)<h2 class="theme-heading">(.*?)</h2>`)
+	paraRe   = regexp.MustCompile(`(?is)<p>(.*?)</p>`)
+	tagRe    = regexp.MustCompile(`(?s)<[^>]*>`)
+	spacesRe = regexp.MustCompile(`\s+`)
+)
+
+func attrs(s string) map[string]string {
+	m := map[string]string{}
+	for _, a := range attrRe.FindAllStringSubmatch(s, -1) {
+		m[strings.ToLower(a[1])] = html.UnescapeString(a[2])
+	}
+	return m
+}
+
+// firstForm parses the first <form> of a dex page (dex's templates, not
+// arbitrary HTML).
+func firstForm(page string) (htmlForm, bool) {
+	m := formRe.FindStringSubmatch(page)
+	if m == nil {
+		return htmlForm{}, false
+	}
+	f := htmlForm{action: attrs(m[1])["action"], fields: url.Values{}}
+	for _, in := range inputRe.FindAllStringSubmatch(m[2], -1) {
+		a := attrs(in[1])
+		if name, ok := a["name"]; ok && name != "" {
+			if v, ok := a["value"]; ok {
+				f.fields.Set(name, v)
+			}
+		}
+	}
+	return f, true
+}
+
+// pageMessage is the heading and message of a dex error page, or the start of
+// the body.
+func pageMessage(page string) string {
+	var parts []string
+	for _, re := range []*regexp.Regexp{titleRe, paraRe} {
+		if m := re.FindStringSubmatch(page); m != nil {
+			parts = append(parts, strings.TrimSpace(html.UnescapeString(tagRe.ReplaceAllString(m[1], ""))))
+		}
+	}
+	if len(parts) > 0 {
+		return strings.Join(parts, ": ")
+	}
+	msg := strings.TrimSpace(spacesRe.ReplaceAllString(tagRe.ReplaceAllString(page, " "), " "))
+	if len(msg) > 500 {
+		msg = msg[:500] + "..."
+	}
+	return msg
+}
