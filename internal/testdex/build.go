@@ -35,8 +35,8 @@ const EnvDexBinary = "CADDY_OIDC_DEX_BIN"
 // for cached dex builds instead of os.UserCacheDir()/caddy-oidc-testdex.
 const EnvDexCache = "CADDY_OIDC_DEX_CACHE"
 
-// buildTimeout bounds one `go build` of dex (about a minute on 2 free cores,
-// several on a loaded machine).
+// buildTimeout bounds one `go build` of dex (3-5 minutes on a loaded 2-core
+// machine, 5 from empty module and build caches).
 const buildTimeout = 20 * time.Minute
 
 var (
@@ -120,7 +120,7 @@ func binary(logf func(string, ...any)) (string, error) {
 		return exe, nil
 	}
 
-	logf("testdex: building dex %s (%s@%s) into %s; once per machine, about a minute",
+	logf("testdex: building dex %s (%s@%s) into %s; once per machine, 1-5 minutes",
 		DexVersion, dexPackage, DexModuleVersion, exe)
 	start := time.Now()
 	tmp, err := os.CreateTemp(dir, "dex-*.tmp")

@@ -5,9 +5,9 @@
 // github.com/dexidp/dex/cmd/dex once per machine from the nested module
 // ./dexbin (its own go.mod and go.sum, so dex's dependencies never enter the
 // main module's go.mod and change what Caddy is built with) and caches it
-// under os.UserCacheDir()/caddy-oidc-testdex/. The first build takes one to
-// three minutes (more on a loaded machine); later runs start dex in well
-// under a second. It needs the Go toolchain and the module proxy, nothing
+// under os.UserCacheDir()/caddy-oidc-testdex/. The first build takes
+// minutes (5 on a loaded 2-core machine from empty module and build caches);
+// later runs start dex in well under a second. It needs the Go toolchain and the module proxy, nothing
 // else (CGO off). $CADDY_OIDC_DEX_BIN points at a prebuilt binary instead.
 //
 // Start runs dex on 127.0.0.1 with a free port, memory storage, the password
