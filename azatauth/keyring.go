@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net/http"
 	"regexp"
@@ -17,6 +16,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/jwks"
 	"github.com/lestrrat-go/jwx/v2/jwk"
 )
 
@@ -421,7 +422,7 @@ func (kr *Keyring) load(ctx context.Context) (*keyView, error) {
 		// The publisher lists only keys that verify (current, or retired
 		// too recently), never distrusted ones: a kid it no longer lists
 		// is refused from now on, cached verifications included.
-		set, err := fetchJWKS(ctx, kr.client, kr.trustURL)
+		set, _, err := jwks.Fetch(ctx, kr.client, kr.trustURL)
 		if err != nil {
 			return nil, err
 		}
@@ -538,30 +539,4 @@ func (kr *Keyring) JWKS(current string, retain time.Duration) jwk.Set {
 		_ = set.AddKey(v.keys[kid].key)
 	}
 	return set
-}
-
-// maxJWKSBody bounds a fetched JWKS document.
-const maxJWKSBody = 1 << 20
-
-func fetchJWKS(ctx context.Context, client *http.Client, url string) (jwk.Set, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("jwks: status %d", resp.StatusCode)
-	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxJWKSBody+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > maxJWKSBody {
-		return nil, errors.New("jwks too large")
-	}
-	return jwk.Parse(b)
 }

@@ -9,6 +9,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oidc/caddy-oidc/azatauth"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 )
 
 // grantKey is the key of a user's grant and the sub of their AZATs.
@@ -43,7 +45,7 @@ func (o *OIDC) verifyAZAT(ctx context.Context, r *http.Request, p *provider, tok
 		}
 	}
 	id := g.Memo(func() any {
-		id := newIdentity(g.Claims, o.RolesClaim, unverifiedClaims(g.AccessToken))
+		id := newIdentity(g.Claims, o.RolesClaim, idp.UnverifiedClaims(g.AccessToken))
 		id.Source = "azat"
 		id.GrantKey = claims.Subject
 		return id
@@ -172,7 +174,7 @@ func (o *OIDC) sessionFromGrant(ctx context.Context, p *provider, s *session, fo
 	}
 	ns := *s
 	ns.AccessToken, ns.TokenType, ns.Expiry, ns.IDToken = g.AccessToken, g.TokenType, g.Expiry, g.IDToken
-	ns.Identity = newIdentity(g.Claims, o.RolesClaim, unverifiedClaims(g.AccessToken))
+	ns.Identity = newIdentity(g.Claims, o.RolesClaim, idp.UnverifiedClaims(g.AccessToken))
 	return ns.labelIdentity(), nil
 }
 
@@ -253,7 +255,7 @@ func (o *OIDC) serveToken(w http.ResponseWriter, r *http.Request, p *provider) {
 		if o.azat.FallbackToAccessToken() {
 			count(o.rt.m.mints, "fallback")
 			exp := int64(0)
-			if c := unverifiedClaims(tok.access); c != nil {
+			if c := idp.UnverifiedClaims(tok.access); c != nil {
 				if e, ok := c["exp"].(float64); ok {
 					exp = int64(e)
 				}

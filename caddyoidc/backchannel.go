@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 )
 
 // OpenID Connect Back-Channel Logout 1.0: the provider POSTs a logout token
@@ -95,7 +97,7 @@ func (o *OIDC) serveBackchannelLogout(w http.ResponseWriter, r *http.Request, p 
 		bad("missing logout_token", nil)
 		return
 	}
-	lt, err := p.idTokens.VerifyLogout(r.Context(), raw)
+	lt, err := p.VerifyLogoutToken(r.Context(), raw)
 	if err != nil {
 		bad("invalid logout token", err)
 		return
@@ -112,7 +114,7 @@ func (o *OIDC) serveBackchannelLogout(w http.ResponseWriter, r *http.Request, p 
 		bad("logout token without the back-channel logout event", nil)
 		return
 	}
-	if time.Unix(int64(*extra.IAT), 0).After(time.Now().Add(maxClockSkew)) {
+	if time.Unix(int64(*extra.IAT), 0).After(time.Now().Add(idp.MaxClockSkew)) {
 		bad("logout token issued in the future", nil)
 		return
 	}
@@ -156,7 +158,7 @@ func (o *OIDC) serveBackchannelLogout(w http.ResponseWriter, r *http.Request, p 
 			o.logger.Error("back-channel logout: revoking AZATs failed", errField(err))
 		}
 	}
-	exp, _ := json.Marshal(lt.Expiry.Add(maxClockSkew).Unix())
+	exp, _ := json.Marshal(lt.Expiry.Add(idp.MaxClockSkew).Unix())
 	if err := o.storage.Store(ctx, marker, exp); err != nil {
 		// The logout took effect; a replay of it would end nothing more.
 		o.logger.Warn("back-channel logout: storing the replay marker failed", errField(err))

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 )
 
 // maxTokenSize bounds a bearer token; larger ones are refused unparsed.
@@ -93,7 +95,7 @@ func (o *OIDC) verifyJWTAccessToken(ctx context.Context, p *provider, tok string
 	if err := rules.checkTyp(peekTyp(tok)); err != nil {
 		return nil, time.Time{}, err
 	}
-	hdr, payload, err := p.keys.verifyCompact(ctx, tok, p.algs)
+	hdr, payload, err := p.Keys().VerifyJWS(ctx, tok, p.Algs())
 	if err != nil {
 		return nil, time.Time{}, err
 	}
@@ -102,7 +104,7 @@ func (o *OIDC) verifyJWTAccessToken(ctx context.Context, p *provider, tok string
 	}
 	var claims map[string]any
 	if err := json.Unmarshal(payload, &claims); err != nil {
-		return nil, time.Time{}, errMalformedJWS
+		return nil, time.Time{}, idp.ErrMalformedJWS
 	}
 	if err := rules.checkMarkers(claims); err != nil {
 		return nil, time.Time{}, err
@@ -111,10 +113,10 @@ func (o *OIDC) verifyJWTAccessToken(ctx context.Context, p *provider, tok string
 	if err != nil {
 		return nil, time.Time{}, err
 	}
-	if iss, _ := claims["iss"].(string); iss != p.meta.Issuer {
+	if iss, _ := claims["iss"].(string); iss != p.Metadata().Issuer {
 		return nil, time.Time{}, fmt.Errorf("token issued by %q, not the provider", printable(iss, 100))
 	}
-	if !audienceMatches(claims["aud"], o.rt.audience) {
+	if !idp.AudienceMatches(claims["aud"], o.rt.audience) {
 		return nil, time.Time{}, fmt.Errorf("token audience %v is not this API", claims["aud"])
 	}
 	if err := rules.checkIDShape(claims); err != nil {
@@ -125,7 +127,7 @@ func (o *OIDC) verifyJWTAccessToken(ctx context.Context, p *provider, tok string
 	}
 	id := newIdentity(claims, o.RolesClaim, nil)
 	id.Source = "bearer"
-	return id, p.keys.cacheUntil(exp), nil // re-verified after a JWKS refetch
+	return id, p.Keys().CacheUntil(exp), nil // re-verified after a JWKS refetch
 }
 
 // isIDToken recognises an ID token presented as an access token by the
@@ -148,7 +150,7 @@ func idTokenMarker(claims map[string]any) string {
 }
 
 // checkTimes checks exp (required, in the future), nbf and iat (not in the
-// future beyond maxClockSkew) and returns the expiry.
+// future beyond idp.MaxClockSkew) and returns the expiry.
 func checkTimes(claims map[string]any, now time.Time) (time.Time, error) {
 	expF, ok := claims["exp"].(float64)
 	if !ok {
@@ -159,7 +161,7 @@ func checkTimes(claims map[string]any, now time.Time) (time.Time, error) {
 		return time.Time{}, errors.New("token expired")
 	}
 	for _, k := range []string{"nbf", "iat"} {
-		if v, ok := claims[k].(float64); ok && now.Add(maxClockSkew).Before(time.Unix(int64(v), 0)) {
+		if v, ok := claims[k].(float64); ok && now.Add(idp.MaxClockSkew).Before(time.Unix(int64(v), 0)) {
 			return time.Time{}, fmt.Errorf("token %s is in the future", k)
 		}
 	}
@@ -261,7 +263,7 @@ func (r tokenRules) checkIDShape(claims map[string]any) error {
 	if !r.acceptIDShaped {
 		return fmt.Errorf("token carries %s: an ID token is not an access token (bearer_id_token_shaped accept takes such tokens)", m)
 	}
-	if !audienceMatches(claims["aud"], []string{r.clientID}) {
+	if !idp.AudienceMatches(claims["aud"], []string{r.clientID}) {
 		return fmt.Errorf("token carries %s and its aud is not the client_id", m)
 	}
 	return nil

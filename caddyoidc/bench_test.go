@@ -66,7 +66,7 @@ func newBenchEnv() (*benchEnv, error) {
 	if err := o.provision(ctx, zap.NewNop(), &certmagic.FileStorage{Path: dir}); err != nil {
 		return nil, err
 	}
-	p := o.rt.disc.get(ctx)
+	p := o.rt.disc.Get(ctx)
 	if p == nil {
 		return nil, errNoProvider
 	}
@@ -149,7 +149,7 @@ var (
 func jwsVerifyFunc(e *benchEnv) func() {
 	msg, _ := jws.ParseString(e.bearer)
 	hdr := msg.Signatures()[0].ProtectedHeaders()
-	key, _ := e.p.keys.lookup(hdr.KeyID(), hdr.Algorithm().String())
+	key, _ := e.p.Keys().Lookup(hdr.KeyID(), hdr.Algorithm().String())
 	return func() {
 		if _, err := jws.Verify([]byte(e.bearer), jws.WithKey(jwa.RS256, key)); err != nil {
 			panic(err)
@@ -441,7 +441,7 @@ func newBench3Env(e *benchEnv) (*bench3Env, error) {
 	}
 	main := o.providers.byName["main"]
 	for _, c := range o.providers.list {
-		if c.rt.disc.get(ctx) == nil {
+		if c.rt.disc.Get(ctx) == nil {
 			return nil, errNoProvider
 		}
 	}
@@ -451,7 +451,7 @@ func newBench3Env(e *benchEnv) (*bench3Env, error) {
 	}
 	env := &bench3Env{o: o, main: main, bearer: e.bearer, cookieName: chunkName(main.CookieName, 0),
 		cookie: main.rt.sealer.Seal(encodeSession(s), main.sessionPurpose())}
-	user, _, err := main.verifyJWTAccessToken(ctx, main.rt.disc.get(ctx), e.bearer)
+	user, _, err := main.verifyJWTAccessToken(ctx, main.rt.disc.Get(ctx), e.bearer)
 	if err != nil {
 		return nil, err
 	}

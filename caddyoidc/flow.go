@@ -5,14 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"github.com/caddy-oidc/caddy-oidc/internal/seal"
-	"net"
 	"net/http"
 	"strings"
 	"time"
 
-	"github.com/coreos/go-oidc/v3/oidc"
 	"go.uber.org/zap"
-	"golang.org/x/oauth2"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 )
 
 // flowLifetime bounds how long a login attempt may take at the provider.
@@ -39,22 +38,6 @@ func flowCookieName(opts cookieOpts, state string) string {
 	return opts.name(flowSuffix + state[:flowIDLen])
 }
 
-// oauth2Config is the client configuration for one redirect URL.
-func (o *OIDC) oauth2Config(p *provider, redirect string) *oauth2.Config {
-	return &oauth2.Config{
-		ClientID:     o.rt.clientID,
-		ClientSecret: o.rt.clientSecret,
-		Endpoint:     p.endpoint,
-		RedirectURL:  redirect,
-		Scopes:       o.Scopes,
-	}
-}
-
-// idpContext makes x/oauth2 use the bounded provider client.
-func (o *OIDC) idpContext(ctx context.Context) context.Context {
-	return context.WithValue(ctx, oauth2.HTTPClient, o.rt.httpClient)
-}
-
 func (o *OIDC) redirectURL(r *http.Request) string {
 	if o.rt.redirectURL != "" {
 		return o.rt.redirectURL
@@ -72,7 +55,7 @@ func (o *OIDC) serveLogin(w http.ResponseWriter, r *http.Request, p *provider) {
 	f := flowState{
 		State:    seal.RandomString(32),
 		Nonce:    seal.RandomString(32),
-		Verifier: oauth2.GenerateVerifier(),
+		Verifier: idp.NewVerifier(),
 		Back:     safeBack(r.URL.Query().Get("back")),
 		Redirect: o.redirectURL(r),
 		Created:  time.Now().Unix(),
@@ -92,13 +75,12 @@ func (o *OIDC) serveLogin(w http.ResponseWriter, r *http.Request, p *provider) {
 	http.SetCookie(w, opts.cookie(flowCookieName(opts, f.State), o.rt.sealer.Seal(b, "flow:"+f.State),
 		opts.path(o.Routes), int(flowLifetime.Seconds()), true))
 
-	authOpts := []oauth2.AuthCodeOption{oidc.Nonce(f.Nonce), oauth2.S256ChallengeOption(f.Verifier)}
-	for k, v := range o.AuthParams {
-		authOpts = append(authOpts, oauth2.SetAuthURLParam(k, v))
-	}
 	count(o.rt.m.logins, "started")
 	w.Header().Set("Cache-Control", "no-store")
-	http.Redirect(w, r, o.oauth2Config(p, f.Redirect).AuthCodeURL(f.State, authOpts...), http.StatusFound)
+	http.Redirect(w, r, p.AuthURL(idp.AuthRequest{
+		State: f.State, Nonce: f.Nonce, Verifier: f.Verifier, RedirectURI: f.Redirect,
+		Scopes: o.Scopes, Extra: o.AuthParams,
+	}), http.StatusFound)
 }
 
 // callbackError ends a failed callback: a log line, a 4xx page, no session.
@@ -160,7 +142,7 @@ func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider
 		return
 	}
 	// RFC 9207: when the provider names itself, it must be ours (mix-up defense).
-	if iss := q.Get("iss"); iss != "" && iss != p.meta.Issuer {
+	if iss := q.Get("iss"); iss != "" && iss != p.Metadata().Issuer {
 		o.callbackError(w, r, http.StatusBadRequest, "response from an unexpected issuer", nil)
 		return
 	}
@@ -178,10 +160,9 @@ func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider
 		return
 	}
 
-	ctx := o.idpContext(r.Context())
-	tok, err := o.oauth2Config(p, f.Redirect).Exchange(ctx, code, oauth2.VerifierOption(f.Verifier))
+	tok, err := p.Exchange(r.Context(), code, f.Redirect, f.Verifier)
 	if err != nil {
-		if isUnavailable(err) {
+		if errors.Is(err, idp.ErrUnavailable) {
 			o.callbackError(w, r, http.StatusServiceUnavailable, "the identity provider is unavailable", err)
 		} else {
 			o.callbackError(w, r, http.StatusBadRequest, "the authorization code was refused", err)
@@ -201,20 +182,20 @@ func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider
 		o.callbackError(w, r, http.StatusBadRequest, "this login response was already used", nil)
 		return
 	}
-	rawID, _ := tok.Extra("id_token").(string)
+	rawID := tok.IDToken
 	if rawID == "" {
 		o.callbackError(w, r, http.StatusBadRequest, "the token response has no id_token", nil)
 		return
 	}
-	claims, err := verifyIDToken(r.Context(), p.idTokens, rawID, idTokenCheck{
-		clientID: o.rt.clientID, nonce: f.Nonce, accessToken: tok.AccessToken,
+	claims, err := p.VerifyIDToken(r.Context(), rawID, idp.IDTokenCheck{
+		Nonce: f.Nonce, AccessToken: tok.AccessToken,
 	})
 	if err != nil {
 		o.callbackError(w, r, http.StatusUnauthorized, "the ID token is invalid", err)
 		return
 	}
 	if o.fetchUserinfo(p) {
-		if err := o.mergeUserinfo(r.Context(), p, tok, claims); err != nil {
+		if err := o.mergeUserinfo(r.Context(), p, tok.AccessToken, claims); err != nil {
 			if errors.Is(err, errUserinfoSub) {
 				o.callbackError(w, r, http.StatusUnauthorized, "userinfo does not belong to the ID token's subject", err)
 				return
@@ -231,7 +212,7 @@ func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider
 		IDToken:      rawID,
 		Created:      now.Unix(),
 		CreatedMs:    now.UnixMilli(),
-		Identity:     newIdentity(claims, o.RolesClaim, unverifiedClaims(tok.AccessToken)),
+		Identity:     newIdentity(claims, o.RolesClaim, idp.UnverifiedClaims(tok.AccessToken)),
 	}
 	s.ProviderSID, _ = claims["sid"].(string)
 	if !tok.Expiry.IsZero() {
@@ -268,7 +249,7 @@ func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider
 }
 
 func (o *OIDC) fetchUserinfo(p *provider) bool {
-	if p.meta.UserinfoEndpoint == "" {
+	if p.Metadata().UserinfoEndpoint == "" {
 		return false
 	}
 	return o.UserinfoFetch == nil || *o.UserinfoFetch
@@ -278,26 +259,9 @@ var errUserinfoSub = errors.New("userinfo sub differs from the id token's sub")
 
 // mergeUserinfo adds the userinfo claims the ID token lacks. The userinfo
 // sub must equal the ID token's (OpenID Connect Core 1.0 §5.3.2).
-func (o *OIDC) mergeUserinfo(ctx context.Context, p *provider, tok *oauth2.Token, claims map[string]any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.meta.UserinfoEndpoint, nil)
+func (o *OIDC) mergeUserinfo(ctx context.Context, p *provider, accessToken string, claims map[string]any) error {
+	ui, err := p.Userinfo(ctx, accessToken)
 	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
-	req.Header.Set("Accept", "application/json")
-	resp, err := o.rt.httpClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return errors.New("userinfo: status " + resp.Status)
-	}
-	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
-		return errors.New("userinfo: not JSON (signed userinfo is not supported)")
-	}
-	var ui map[string]any
-	if err := json.NewDecoder(resp.Body).Decode(&ui); err != nil {
 		return err
 	}
 	if sub, _ := ui["sub"].(string); sub != claims["sub"] {
@@ -309,21 +273,6 @@ func (o *OIDC) mergeUserinfo(ctx context.Context, p *provider, tok *oauth2.Token
 		}
 	}
 	return nil
-}
-
-// isUnavailable tells a provider outage (network error, timeout, 5xx) from a
-// refusal (an OAuth error answer).
-func isUnavailable(err error) bool {
-	var re *oauth2.RetrieveError
-	if errors.As(err, &re) {
-		return re.Response == nil || re.Response.StatusCode >= 500 || re.ErrorCode == "temporarily_unavailable"
-	}
-	var ne net.Error
-	if errors.As(err, &ne) {
-		return true
-	}
-	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errBodyTooLarge) ||
-		strings.Contains(err.Error(), "connection refused") || strings.Contains(err.Error(), "EOF")
 }
 
 // printable keeps at most n printable ASCII characters of s.

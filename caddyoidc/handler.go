@@ -35,7 +35,7 @@ func (o *OIDC) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 func (o *OIDC) serveAuthenticated(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, hash *[32]byte) error {
 	o.removeIdentityHeaders(r)
 
-	p := o.rt.disc.get(r.Context())
+	p := o.rt.disc.Get(r.Context())
 	if p == nil {
 		o.logger.Warn("request refused: identity provider not discovered yet", zap.String("path", printable(r.URL.Path, 200)))
 		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "the identity provider is not reachable yet")

@@ -2,11 +2,8 @@ package caddyoidc
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -14,6 +11,8 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/caddy-oidc/caddy-oidc/internal/expiry"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 )
 
 // Remote token checks (RFC 7662 introspection, Google-style tokeninfo) put
@@ -173,35 +172,9 @@ func checkAccessTokenType(claims map[string]any) error {
 
 // introspect asks the provider about an opaque token (RFC 7662).
 func (o *OIDC) introspect(ctx context.Context, p *provider, tok string) (*identity, time.Time, error) {
-	endpoint := o.rt.introspectionURL
-	if endpoint == "" {
-		endpoint = p.meta.IntrospectionEndpoint
-	}
-	if endpoint == "" {
-		return nil, time.Time{}, errors.New("the provider advertises no introspection endpoint")
-	}
-	form := url.Values{"token": {tok}, "token_type_hint": {"access_token"}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(form.Encode()))
+	claims, err := p.Introspect(ctx, o.rt.introspectionURL, tok)
 	if err != nil {
-		return nil, time.Time{}, err
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("Accept", "application/json")
-	req.SetBasicAuth(url.QueryEscape(o.rt.clientID), url.QueryEscape(o.rt.clientSecret))
-	resp, err := o.rt.httpClient.Do(req)
-	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("%w: introspection: %v", errIdPUnavailable, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 500 {
-		return nil, time.Time{}, fmt.Errorf("%w: introspection status %d", errIdPUnavailable, resp.StatusCode)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, time.Time{}, fmt.Errorf("introspection status %d", resp.StatusCode)
-	}
-	var claims map[string]any
-	if err := json.NewDecoder(resp.Body).Decode(&claims); err != nil {
-		return nil, time.Time{}, fmt.Errorf("introspection: %v", err)
+		return nil, time.Time{}, fmt.Errorf("introspection: %w", err)
 	}
 	if active, _ := claims["active"].(bool); !active {
 		return nil, time.Time{}, errors.New("token is not active")
@@ -209,11 +182,11 @@ func (o *OIDC) introspect(ctx context.Context, p *provider, tok string) (*identi
 	if err := checkAccessTokenType(claims); err != nil {
 		return nil, time.Time{}, err
 	}
-	if iss, ok := claims["iss"].(string); ok && iss != p.meta.Issuer {
+	if iss, ok := claims["iss"].(string); ok && iss != p.Metadata().Issuer {
 		return nil, time.Time{}, errors.New("token from another issuer")
 	}
 	if aud, ok := claims["aud"]; ok {
-		if !audienceMatches(aud, o.rt.audience) {
+		if !idp.AudienceMatches(aud, o.rt.audience) {
 			return nil, time.Time{}, fmt.Errorf("token audience %v is not this API", aud)
 		}
 	} else if cid, _ := claims["client_id"].(string); cid != o.rt.clientID {
@@ -235,7 +208,7 @@ func (o *OIDC) introspect(ctx context.Context, p *provider, tok string) (*identi
 		}
 	}
 	if _, ok := claims["iss"]; !ok {
-		claims["iss"] = p.meta.Issuer
+		claims["iss"] = p.Metadata().Issuer
 	}
 	id := newIdentity(claims, o.RolesClaim, nil)
 	id.Source = "introspection"
@@ -245,26 +218,9 @@ func (o *OIDC) introspect(ctx context.Context, p *provider, tok string) (*identi
 // tokeninfo checks an opaque token at a Google-style tokeninfo endpoint:
 // the token's aud or azp must be this client, exp in the future.
 func (o *OIDC) tokeninfo(ctx context.Context, p *provider, tok string) (*identity, time.Time, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, o.TokeninfoEndpoint,
-		strings.NewReader(url.Values{"access_token": {tok}}.Encode()))
+	info, err := p.Tokeninfo(ctx, o.TokeninfoEndpoint, tok)
 	if err != nil {
-		return nil, time.Time{}, err
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	resp, err := o.rt.httpClient.Do(req)
-	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("%w: tokeninfo: %v", errIdPUnavailable, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 500 {
-		return nil, time.Time{}, fmt.Errorf("%w: tokeninfo status %d", errIdPUnavailable, resp.StatusCode)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, time.Time{}, fmt.Errorf("tokeninfo status %d", resp.StatusCode)
-	}
-	var info map[string]any
-	if err := json.NewDecoder(resp.Body).Decode(&info); err != nil {
-		return nil, time.Time{}, fmt.Errorf("tokeninfo: %v", err)
+		return nil, time.Time{}, fmt.Errorf("tokeninfo: %w", err)
 	}
 	aud, _ := info["aud"].(string)
 	azp, _ := info["azp"].(string)
@@ -286,7 +242,7 @@ func (o *OIDC) tokeninfo(ctx context.Context, p *provider, tok string) (*identit
 		return nil, time.Time{}, errors.New("tokeninfo gave no sub")
 	}
 	if _, ok := info["iss"]; !ok {
-		info["iss"] = p.meta.Issuer
+		info["iss"] = p.Metadata().Issuer
 	}
 	id := newIdentity(info, o.RolesClaim, nil)
 	id.Source = "tokeninfo"

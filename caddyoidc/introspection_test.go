@@ -15,6 +15,8 @@ import (
 
 	"github.com/caddy-oidc/caddy-oidc/internal/expiry"
 	"github.com/caddy-oidc/caddy-oidc/internal/testop"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 )
 
 // TestIntrospectionJunkBounded: a flood of made-up opaque tokens through
@@ -188,7 +190,7 @@ func TestTokeninfoCached(t *testing.T) {
 	o.TokeninfoEndpoint = srv.URL
 	o.rt.introspected = expiry.New[[32]byte, *identity](16)
 	o.rt.remote = newRemoteChecks(16, 2)
-	p := &provider{meta: providerMetadata{Issuer: "https://accounts.google.com"}}
+	p := idp.New(idp.Config{}, idp.Metadata{Issuer: "https://accounts.google.com"})
 	for range 3 {
 		if id, err := o.verifyBearer(context.Background(), p, "ya29.good"); err != nil || id.Subject != "123" {
 			t.Fatalf("good token: %v", err)

@@ -11,8 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-oidc/caddy-oidc/caddyoidc"
 	"github.com/caddy-oidc/caddy-oidc/internal/testop"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 )
 
 // TestProviderRemovedKeyStopsVerifying: the provider rotates and removes
@@ -21,7 +22,7 @@ import (
 // verified (and cached) while the key was published; tokens signed with
 // the new key are accepted.
 func TestProviderRemovedKeyStopsVerifying(t *testing.T) {
-	caddyoidc.SetJWKSMinTTL(t, time.Second)
+	idp.SetJWKSMinTTL(t, time.Second)
 	op := startOP(t, testop.Options{})
 	op.SetJWKSCacheControl("public, max-age=2")
 	up := newUpstream(t)

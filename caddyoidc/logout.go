@@ -6,10 +6,11 @@ import (
 	"html/template"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 )
 
 // Logout: POST <routes>/logout ends the session everywhere — its stored
@@ -57,7 +58,7 @@ func (o *OIDC) serveLogout(w http.ResponseWriter, r *http.Request, p *provider) 
 		// form-action also applies to the redirects that follow the POST:
 		// the provider's end_session_endpoint and post_logout_redirect.
 		formAction := "'self'"
-		for _, target := range []string{p.meta.EndSessionEndpoint, o.rt.postLogoutURL} {
+		for _, target := range []string{p.Metadata().EndSessionEndpoint, o.rt.postLogoutURL} {
 			if u, err := url.Parse(target); err == nil && u.Host != "" && (u.Scheme == "https" || u.Scheme == "http") {
 				formAction += " " + u.Scheme + "://" + u.Host
 			}
@@ -110,7 +111,7 @@ func (o *OIDC) serveLogout(w http.ResponseWriter, r *http.Request, p *provider) 
 			subs[i] = s.Identity.Subject
 		}
 		o.logger.Info("logout", zap.Strings("sub", subs))
-		if p.meta.EndSessionEndpoint != "" {
+		if p.Metadata().EndSessionEndpoint != "" {
 			// With several candidates (a tossed-in session beside ours), no
 			// id_token_hint: naming the wrong one would end another user's
 			// session at the provider and leave ours open there.
@@ -135,11 +136,11 @@ func (o *OIDC) endSession(ctx context.Context, p *provider, s *session) error {
 	if err := o.endSessionRecord(ctx, s); err != nil {
 		return err
 	}
-	if s.RefreshToken != "" && p.meta.RevocationEndpoint != "" {
+	if s.RefreshToken != "" && p.Metadata().RevocationEndpoint != "" {
 		o.revoke(ctx, p, s.RefreshToken, "refresh_token")
 	}
 	if s.GrantKey != "" && o.azat != nil && !o.azat.KeepOnLogout() {
-		if g, err := o.azat.Grants().Load(ctx, s.GrantKey); err == nil && g != nil && g.RefreshToken != "" && p.meta.RevocationEndpoint != "" {
+		if g, err := o.azat.Grants().Load(ctx, s.GrantKey); err == nil && g != nil && g.RefreshToken != "" && p.Metadata().RevocationEndpoint != "" {
 			o.revoke(ctx, p, g.RefreshToken, "refresh_token")
 		}
 		if err := o.azat.Grants().Forget(ctx, s.GrantKey); err != nil {
@@ -153,7 +154,7 @@ func (o *OIDC) endSession(ctx context.Context, p *provider, s *session) error {
 // endSessionURL builds the RP-initiated logout request (OpenID Connect
 // RP-Initiated Logout 1.0); s, when known, gives the id_token_hint.
 func (o *OIDC) endSessionURL(r *http.Request, p *provider, s *session) string {
-	u, err := url.Parse(p.meta.EndSessionEndpoint)
+	u, err := url.Parse(p.Metadata().EndSessionEndpoint)
 	if err != nil {
 		return o.Routes + "/logged-out"
 	}
@@ -175,25 +176,11 @@ func (o *OIDC) endSessionURL(r *http.Request, p *provider, s *session) string {
 func (o *OIDC) revoke(ctx context.Context, p *provider, token, hint string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(o.IdPTimeout))
 	defer cancel()
-	form := url.Values{"token": {token}, "token_type_hint": {hint}}
-	if o.rt.clientSecret == "" {
-		form.Set("client_id", o.rt.clientID)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.meta.RevocationEndpoint, strings.NewReader(form.Encode()))
-	if err != nil {
-		return
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	if o.rt.clientSecret != "" {
-		req.SetBasicAuth(url.QueryEscape(o.rt.clientID), url.QueryEscape(o.rt.clientSecret))
-	}
-	resp, err := o.rt.httpClient.Do(req)
-	if err != nil {
+	var oe *idp.OAuthError
+	switch err := p.Revoke(ctx, token, hint); {
+	case errors.As(err, &oe):
+		o.logger.Warn("token revocation refused", zap.Int("status", oe.Status), zap.String("error", oe.Code))
+	case err != nil:
 		o.logger.Warn("token revocation failed", errField(err))
-		return
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		o.logger.Warn("token revocation refused", zap.Int("status", resp.StatusCode))
 	}
 }

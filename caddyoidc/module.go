@@ -25,6 +25,8 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/caddy-oidc/caddy-oidc/azatauth"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 )
 
 func init() {
@@ -449,7 +451,7 @@ func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.S
 	rt.redirectURL = repl.ReplaceKnown(o.RedirectURL, "")
 	rt.postLogoutURL = repl.ReplaceKnown(o.PostLogoutRedirectURL, "")
 	rt.introspectionURL = repl.ReplaceKnown(o.IntrospectionEndpoint, "")
-	rt.httpClient = newIdPClient(time.Duration(o.IdPTimeout))
+	rt.httpClient = idp.NewHTTPClient(time.Duration(o.IdPTimeout))
 
 	secret := ""
 	if o.CookieSecret != "" {
@@ -499,8 +501,8 @@ func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.S
 
 	dctx, cancel := context.WithCancel(ctx)
 	o.cancel = cancel
-	rt.disc = newDiscoverer(rt.issuer, rt.clientID, rt.httpClient, o.logger)
-	go rt.disc.run(dctx)
+	rt.disc = idp.NewDiscoverer(o.idpConfig())
+	go rt.disc.Run(dctx)
 	go o.sweepDevices(dctx)
 	if o.Session == "cookie" {
 		go o.watchRevocations(dctx)
@@ -509,11 +511,17 @@ func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.S
 	return nil
 }
 
-// verifyClientSecret runs checkClientSecret against the provider now.
+// idpConfig is what internal/idp needs to talk to this provider.
+func (o *OIDC) idpConfig() idp.Config {
+	return idp.Config{Issuer: o.rt.issuer, ClientID: o.rt.clientID, ClientSecret: o.rt.clientSecret,
+		HTTP: o.rt.httpClient, Logger: o.logger}
+}
+
+// verifyClientSecret runs idp.Client.CheckClientSecret against the provider now.
 func (o *OIDC) verifyClientSecret(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, time.Duration(o.IdPTimeout))
 	defer cancel()
-	p, err := discover(cctx, o.rt.issuer, o.rt.clientID, o.rt.httpClient)
+	p, err := idp.Discover(cctx, o.idpConfig())
 	if err != nil {
 		o.logger.Warn("verify_client_secret: provider unreachable; not checked", errField(err))
 		return nil
@@ -522,7 +530,7 @@ func (o *OIDC) verifyClientSecret(ctx context.Context) error {
 	if redirect == "" {
 		redirect = "http://localhost" + o.rt.callbackPath
 	}
-	ok, err := checkClientSecret(cctx, o.rt.httpClient, p.meta.TokenEndpoint, o.rt.clientID, o.rt.clientSecret, redirect)
+	ok, err := p.CheckClientSecret(cctx, redirect)
 	if err != nil {
 		return err
 	}
@@ -653,7 +661,7 @@ type runtime struct {
 	introspectionURL string
 	httpClient       *http.Client
 	sealer           *seal.Sealer
-	disc             *discoverer
+	disc             *idp.Discoverer
 	refreshes        *singleflight.Group
 	recent           *recentRefreshes
 	usedStates       *expiry.Map[string, struct{}]
@@ -690,6 +698,10 @@ type runtime struct {
 // key is the storage key of rel (e.g. "sessions/<hash>"); o.storage puts it
 // in this handler's namespace.
 func (o *OIDC) key(rel string) string { return o.rt.root + rel }
+
+// provider is one discovered OpenID Provider: every call to it and every
+// check of its tokens' signatures lives in internal/idp.
+type provider = idp.Client
 
 // reservedAuthParams cannot be set with auth_param.
 var reservedAuthParams = map[string]bool{

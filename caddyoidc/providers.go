@@ -14,6 +14,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oidc/caddy-oidc/azatauth"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 )
 
 // A site with several providers (`provider <name> { ... }` blocks, the
@@ -332,9 +334,9 @@ func (ps *providerSet) forBearer(tok string, h [32]byte) *OIDC {
 	case 1:
 		return cs[0]
 	}
-	aud := unverifiedClaims(tok)["aud"]
+	aud := idp.UnverifiedClaims(tok)["aud"]
 	for _, c := range cs {
-		if audienceMatches(aud, c.rt.audience) {
+		if idp.AudienceMatches(aud, c.rt.audience) {
 			return c
 		}
 	}
@@ -393,7 +395,7 @@ func (o *OIDC) hasSession(r *http.Request) bool {
 // session this provider's cookies in the request open (everywhere, as
 // serveLogout does; the browser is sent to one provider's logout only).
 func (o *OIDC) endHere(w http.ResponseWriter, r *http.Request) error {
-	p := o.rt.disc.get(r.Context())
+	p := o.rt.disc.Get(r.Context())
 	if p == nil {
 		return errIdPUnavailable
 	}

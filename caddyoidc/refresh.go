@@ -8,7 +8,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"golang.org/x/oauth2"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 )
 
 var (
@@ -16,7 +17,7 @@ var (
 	// (invalid_grant); the session must end.
 	errGrantGone = errors.New("refresh token no longer valid")
 	// errIdPUnavailable: the provider could not be reached; keep the tokens.
-	errIdPUnavailable = errors.New("identity provider unavailable")
+	errIdPUnavailable = idp.ErrUnavailable
 	// errNoRefreshToken: the session has nothing to refresh with.
 	errNoRefreshToken = errors.New("no refresh token")
 )
@@ -124,11 +125,9 @@ func (o *OIDC) refreshLocked(ctx context.Context, p *provider, s *session) (*ses
 // what comes back.
 func (o *OIDC) refreshAtIdP(ctx context.Context, p *provider, s *session) (*session, error) {
 	start := time.Now()
-	ts := o.oauth2Config(p, "").TokenSource(o.idpContext(ctx), &oauth2.Token{RefreshToken: s.RefreshToken})
-	tok, err := ts.Token()
+	tok, err := p.Refresh(ctx, s.RefreshToken)
 	if err != nil {
-		var re *oauth2.RetrieveError
-		if errors.As(err, &re) && re.ErrorCode == "invalid_grant" {
+		if idp.RefreshTokenDead(err) {
 			o.observeRefresh(start, "invalid_grant")
 			o.logger.Info("refresh refused by the provider; session ends", zap.String("sub", s.Identity.Subject))
 			return nil, errGrantGone
@@ -148,10 +147,9 @@ func (o *OIDC) refreshAtIdP(ctx context.Context, p *provider, s *session) (*sess
 	if tok.RefreshToken != "" {
 		ns.RefreshToken = tok.RefreshToken
 	}
-	if rawID, _ := tok.Extra("id_token").(string); rawID != "" {
-		claims, err := verifyIDToken(ctx, p.idTokens, rawID, idTokenCheck{
-			clientID: o.rt.clientID, accessToken: tok.AccessToken,
-			prevIss: s.Identity.Issuer, prevSub: s.Identity.Subject,
+	if rawID := tok.IDToken; rawID != "" {
+		claims, err := p.VerifyIDToken(ctx, rawID, idp.IDTokenCheck{
+			AccessToken: tok.AccessToken, PrevIss: s.Identity.Issuer, PrevSub: s.Identity.Subject,
 		})
 		if err != nil {
 			// A provider that answers with a bad ID token is not to be trusted
@@ -162,7 +160,7 @@ func (o *OIDC) refreshAtIdP(ctx context.Context, p *provider, s *session) (*sess
 		// Keep the claims that came from elsewhere (userinfo at login), not
 		// those the previous ID token asserted: a claim the provider dropped
 		// (a removed group) is gone.
-		prev := unverifiedClaims(s.IDToken)
+		prev := idp.UnverifiedClaims(s.IDToken)
 		for k, v := range s.Identity.Claims {
 			if _, ok := claims[k]; ok {
 				continue
@@ -173,11 +171,11 @@ func (o *OIDC) refreshAtIdP(ctx context.Context, p *provider, s *session) (*sess
 			claims[k] = v
 		}
 		ns.IDToken = rawID
-		ns.Identity = newIdentity(claims, o.RolesClaim, unverifiedClaims(tok.AccessToken))
+		ns.Identity = newIdentity(claims, o.RolesClaim, idp.UnverifiedClaims(tok.AccessToken))
 		if sid, _ := claims["sid"].(string); sid != "" {
 			ns.ProviderSID = sid
 		}
-	} else if roles := newIdentity(s.Identity.Claims, o.RolesClaim, unverifiedClaims(tok.AccessToken)).Roles; roles != nil {
+	} else if roles := newIdentity(s.Identity.Claims, o.RolesClaim, idp.UnverifiedClaims(tok.AccessToken)).Roles; roles != nil {
 		id := s.Identity.clone()
 		id.Roles = roles
 		ns.Identity = id

@@ -7,11 +7,13 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 )
 
 // serveRoute dispatches <routes>/<route>.
 func (o *OIDC) serveRoute(w http.ResponseWriter, r *http.Request, route string, next caddyhttp.Handler) error {
-	p := o.rt.disc.get(r.Context())
+	p := o.rt.disc.Get(r.Context())
 	if p == nil {
 		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "the identity provider is not reachable yet")
 		return nil
@@ -146,7 +148,7 @@ func (o *OIDC) serveUserinfo(w http.ResponseWriter, r *http.Request, p *provider
 // just authenticated (the tokens carry no expiry of their own for opaque
 // tokens, so it is read from the claims of a JWT when possible).
 func (o *OIDC) loadSessionFor(tok upstreamTokens) (int64, error) {
-	if c := unverifiedClaims(tok.access); c != nil {
+	if c := idp.UnverifiedClaims(tok.access); c != nil {
 		if exp, ok := c["exp"].(float64); ok {
 			return int64(exp), nil
 		}

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/caddy-oidc/caddy-oidc/internal/seal"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 )
 
 // session is what a login leaves behind: the provider's tokens and the
@@ -126,7 +128,7 @@ func compactIdentity(s *session) (map[string]any, bool) {
 	if s.Identity == nil || s.IDToken == "" {
 		return nil, false
 	}
-	base := unverifiedClaims(s.IDToken)
+	base := idp.UnverifiedClaims(s.IDToken)
 	if base == nil {
 		return nil, false
 	}
@@ -171,7 +173,7 @@ func decodeSession(b []byte) (*session, error) {
 	if s.Identity != nil {
 		s.Identity.ClientID = claimClientID(s.Identity.Claims) // not sealed
 	} else if s.IDToken != "" {
-		if base := unverifiedClaims(s.IDToken); base != nil {
+		if base := idp.UnverifiedClaims(s.IDToken); base != nil {
 			s.Identity = identityFromClaims(mergeClaims(base, w.Extra), w.Roles)
 		}
 	}

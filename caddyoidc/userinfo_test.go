@@ -9,13 +9,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 	"go.uber.org/zap"
-	"golang.org/x/oauth2"
 )
 
 func testOIDC(t *testing.T) *OIDC {
 	return &OIDC{Provider: Provider{RolesClaim: []string{"groups"}}, logger: zap.NewNop(),
-		rt: &runtime{clientID: "client-1", httpClient: newIdPClient(5 * time.Second)}}
+		rt: &runtime{clientID: "client-1", httpClient: idp.NewHTTPClient(5 * time.Second)}}
 }
 
 func TestMergeUserinfo(t *testing.T) {
@@ -30,8 +30,8 @@ func TestMergeUserinfo(t *testing.T) {
 	}))
 	defer srv.Close()
 	o := testOIDC(t)
-	p := &provider{meta: providerMetadata{UserinfoEndpoint: srv.URL}}
-	tok := &oauth2.Token{AccessToken: "at"}
+	p := idp.New(idp.Config{ClientID: "client-1"}, idp.Metadata{UserinfoEndpoint: srv.URL})
+	tok := "at"
 
 	answer = map[string]any{"sub": "alice", "email": "a@example.com", "name": "from userinfo"}
 	claims := map[string]any{"sub": "alice", "name": "from id token"}
@@ -66,7 +66,7 @@ func TestTokeninfo(t *testing.T) {
 	defer srv.Close()
 	o := testOIDC(t)
 	o.TokeninfoEndpoint = srv.URL
-	p := &provider{meta: providerMetadata{Issuer: "https://accounts.google.com"}}
+	p := idp.New(idp.Config{ClientID: "client-1"}, idp.Metadata{Issuer: "https://accounts.google.com"})
 	exp := time.Now().Add(time.Hour).Unix()
 	tests := []struct {
 		name   string
@@ -100,23 +100,3 @@ func TestTokeninfo(t *testing.T) {
 }
 
 func itoa64(n int64) string { b, _ := json.Marshal(n); return string(b) }
-
-func TestIdPBodyLimit(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		chunk := make([]byte, 64<<10)
-		for i := range chunk {
-			chunk[i] = ' '
-		}
-		for range 64 { // 4 MB of whitespace
-			if _, err := w.Write(chunk); err != nil {
-				return
-			}
-		}
-	}))
-	defer srv.Close()
-	_, err := discover(context.Background(), srv.URL, "c", newIdPClient(5*time.Second))
-	if !errors.Is(err, errBodyTooLarge) {
-		t.Fatalf("4 MB discovery document: %v", err)
-	}
-}

@@ -1,4 +1,4 @@
-package caddyoidc
+package idp
 
 import (
 	"context"
@@ -120,9 +120,9 @@ func TestVerifyIDToken(t *testing.T) {
 		return base64.RawURLEncoding.EncodeToString(h[:16])
 	}
 
-	ks := newRemoteKeySet(ti.srv.URL, http.DefaultClient)
+	ks := NewKeySet(ti.srv.URL, http.DefaultClient)
 	v := oidc.NewVerifier(iss, ks, &oidc.Config{ClientID: client, SupportedSigningAlgs: []string{"RS256", "ES256"}})
-	check := idTokenCheck{clientID: client, nonce: nonce, accessToken: accessToken}
+	check := IDTokenCheck{Nonce: nonce, AccessToken: accessToken}
 
 	tests := []struct {
 		name  string
@@ -171,7 +171,7 @@ func TestVerifyIDToken(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := verifyIDToken(context.Background(), v, tt.token, check)
+			_, err := verifyIDToken(context.Background(), v, tt.token, client, check)
 			if (err == nil) != tt.ok {
 				t.Fatalf("err = %v, want ok=%v", err, tt.ok)
 			}
@@ -179,21 +179,21 @@ func TestVerifyIDToken(t *testing.T) {
 	}
 
 	t.Run("refresh with changed sub", func(t *testing.T) {
-		c := idTokenCheck{clientID: client, prevIss: iss, prevSub: "bob"}
-		if _, err := verifyIDToken(context.Background(), v, signJWT(t, good, jwa.RS256, claims(nil)), c); err == nil {
+		c := IDTokenCheck{PrevIss: iss, PrevSub: "bob"}
+		if _, err := verifyIDToken(context.Background(), v, signJWT(t, good, jwa.RS256, claims(nil)), client, c); err == nil {
 			t.Fatal("accepted a refreshed ID token for another subject")
 		}
 	})
 
 	t.Run("key rotation: unknown kid refetches the JWKS", func(t *testing.T) {
-		ks := newRemoteKeySet(ti.srv.URL, http.DefaultClient)
+		ks := NewKeySet(ti.srv.URL, http.DefaultClient)
 		if _, err := ks.refresh(context.Background(), fetchInitial); err != nil {
 			t.Fatal(err)
 		}
 		v := oidc.NewVerifier(iss, ks, &oidc.Config{ClientID: client, SupportedSigningAlgs: []string{"RS256", "ES256"}})
 		ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		rotated := ti.publish(t, ec, "k2")
-		if _, err := verifyIDToken(context.Background(), v, signJWT(t, rotated, jwa.ES256, claims(nil)), check); err != nil {
+		if _, err := verifyIDToken(context.Background(), v, signJWT(t, rotated, jwa.ES256, claims(nil)), client, check); err != nil {
 			t.Fatalf("rotated key not picked up: %v", err)
 		}
 	})

@@ -1,4 +1,4 @@
-package caddyoidc
+package idp
 
 import (
 	"testing"

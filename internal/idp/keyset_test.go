@@ -1,4 +1,4 @@
-package caddyoidc
+package idp
 
 import (
 	"context"
@@ -101,7 +101,7 @@ func (s *jwksServer) count() int {
 }
 
 // age makes the key set's JWKS older by d (as if d had passed).
-func (k *remoteKeySet) age(d time.Duration) {
+func (k *KeySet) age(d time.Duration) {
 	k.mu.Lock()
 	k.fresh = k.fresh.Add(-d)
 	k.expires = k.expires.Add(-d)
@@ -116,7 +116,7 @@ func TestKeySetLifecycle(t *testing.T) {
 	ctx := context.Background()
 	srv := newJWKSServer(t, "3600")
 	old, current := srv.add(t, "old"), srv.add(t, "current")
-	ks := newRemoteKeySet(srv.URL, http.DefaultClient)
+	ks := NewKeySet(srv.URL, http.DefaultClient)
 	verify := func(key jwk.Key) error {
 		_, err := ks.VerifySignature(ctx, signJWT(t, key, jwa.ES256, map[string]any{"sub": "x"}))
 		return err

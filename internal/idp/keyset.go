@@ -1,12 +1,10 @@
-package caddyoidc
+package idp
 
 import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"strconv"
@@ -15,9 +13,10 @@ import (
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
-	"github.com/lestrrat-go/jwx/v2/jwk"
 	"github.com/lestrrat-go/jwx/v2/jws"
 	"go.uber.org/zap"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/jwks"
 )
 
 // minKeyRefetch is the shortest interval between two JWKS fetches triggered
@@ -43,11 +42,11 @@ const (
 // jwksMinTTL is the shortest max-age honoured (a variable for tests).
 var jwksMinTTL = time.Minute
 
-// remoteKeySet is the provider's JWKS, cached until its max-age passes
+// KeySet is the provider's JWKS, cached until its max-age passes
 // (jwksTTL), then fetched again lazily by the first verification that needs
 // it: a key the provider removed stops verifying at most one max-age after
 // the last fetch that listed it (cached bearer results included, see
-// cacheUntil). Lazily rather than on a timer: the refusal does not depend on
+// CacheUntil). Lazily rather than on a timer: the refusal does not depend on
 // a background goroutine having run (the first verification past max-age
 // waits for the fetch), an idle site makes no calls to the provider, and
 // there is nothing to stop on a config reload. A token naming a kid it does not know also
@@ -56,7 +55,7 @@ var jwksMinTTL = time.Minute
 // fetches are one fetch. It implements go-oidc's KeySet (ID tokens, logout
 // tokens) and verifies bearer JWTs directly; either way each key is pinned
 // to the algorithm family of its type.
-type remoteKeySet struct {
+type KeySet struct {
 	url    string
 	client *http.Client
 
@@ -80,12 +79,12 @@ type verifyKey struct {
 	raw any // *rsa.PublicKey, *ecdsa.PublicKey, ed25519.PublicKey
 }
 
-func newRemoteKeySet(url string, client *http.Client) *remoteKeySet {
-	return &remoteKeySet{url: url, client: client, logger: zap.NewNop()}
+func NewKeySet(url string, client *http.Client) *KeySet {
+	return &KeySet{url: url, client: client, logger: zap.NewNop()}
 }
 
-// setLogger sets where fetch failures are logged.
-func (k *remoteKeySet) setLogger(l *zap.Logger) {
+// SetLogger sets where fetch failures are logged.
+func (k *KeySet) SetLogger(l *zap.Logger) {
 	k.mu.Lock()
 	k.logger = l
 	k.mu.Unlock()
@@ -147,52 +146,52 @@ func jwksTTL(h http.Header) time.Duration {
 
 var (
 	errUnknownKey   = errors.New("no matching key for the token's kid")
-	errMalformedJWS = errors.New("malformed jws")
+	ErrMalformedJWS = errors.New("malformed jws")
 	errAlgorithm    = errors.New("signature algorithm not allowed")
 	errSignature    = errors.New("bad signature")
 )
 
 // VerifySignature verifies the JWS with the key named by its kid and returns
 // the payload (go-oidc's KeySet; go-oidc has already limited the algorithms).
-func (k *remoteKeySet) VerifySignature(ctx context.Context, token string) ([]byte, error) {
-	_, payload, err := k.verifyCompact(ctx, token, nil)
+func (k *KeySet) VerifySignature(ctx context.Context, token string) ([]byte, error) {
+	_, payload, err := k.VerifyJWS(ctx, token, nil)
 	return payload, err
 }
 
-// jwsHeader is the part of a JOSE header this package reads.
-type jwsHeader struct {
+// JWSHeader is the part of a JOSE header this package reads.
+type JWSHeader struct {
 	Alg  string `json:"alg"`
 	Kid  string `json:"kid"`
 	Typ  string `json:"typ"`
 	Crit any    `json:"crit"`
 }
 
-// verifyCompact verifies a compact JWS: the header's alg must be in allowed
+// VerifyJWS verifies a compact JWS: the header's alg must be in allowed
 // (or, with allowed nil, any asymmetric algorithm), the key is found by kid
 // (refetching the JWKS for an unknown kid) and must fit alg, then the
 // signature is checked. It returns the header and the payload.
-func (k *remoteKeySet) verifyCompact(ctx context.Context, token string, allowed []string) (*jwsHeader, []byte, error) {
+func (k *KeySet) VerifyJWS(ctx context.Context, token string, allowed []string) (*JWSHeader, []byte, error) {
 	dot1 := strings.IndexByte(token, '.')
 	if dot1 < 0 {
-		return nil, nil, errMalformedJWS
+		return nil, nil, ErrMalformedJWS
 	}
 	dot2 := strings.IndexByte(token[dot1+1:], '.')
 	if dot2 < 0 {
-		return nil, nil, errMalformedJWS
+		return nil, nil, ErrMalformedJWS
 	}
 	dot2 += dot1 + 1
 	if strings.IndexByte(token[dot2+1:], '.') >= 0 {
-		return nil, nil, errMalformedJWS
+		return nil, nil, ErrMalformedJWS
 	}
 	hb, err := base64.RawURLEncoding.DecodeString(token[:dot1])
 	if err != nil {
-		return nil, nil, errMalformedJWS
+		return nil, nil, ErrMalformedJWS
 	}
-	var h jwsHeader
+	var h JWSHeader
 	if err := json.Unmarshal(hb, &h); err != nil || h.Crit != nil {
-		return nil, nil, errMalformedJWS
+		return nil, nil, ErrMalformedJWS
 	}
-	if !asymmetricAlgs[h.Alg] || (allowed != nil && !slices.Contains(allowed, h.Alg)) {
+	if !AsymmetricAlgs[h.Alg] || (allowed != nil && !slices.Contains(allowed, h.Alg)) {
 		return nil, nil, errAlgorithm
 	}
 	raw, err := k.key(ctx, h.Kid, h.Alg)
@@ -201,7 +200,7 @@ func (k *remoteKeySet) verifyCompact(ctx context.Context, token string, allowed 
 	}
 	sig, err := base64.RawURLEncoding.DecodeString(token[dot2+1:])
 	if err != nil {
-		return nil, nil, errMalformedJWS
+		return nil, nil, ErrMalformedJWS
 	}
 	v, err := jws.NewVerifier(jwa.SignatureAlgorithm(h.Alg))
 	if err != nil {
@@ -212,7 +211,7 @@ func (k *remoteKeySet) verifyCompact(ctx context.Context, token string, allowed 
 	}
 	payload, err := base64.RawURLEncoding.DecodeString(token[dot1+1 : dot2])
 	if err != nil {
-		return nil, nil, errMalformedJWS
+		return nil, nil, ErrMalformedJWS
 	}
 	return &h, payload, nil
 }
@@ -222,7 +221,7 @@ func (k *remoteKeySet) verifyCompact(ctx context.Context, token string, allowed 
 // expiry). An unknown kid causes a fetch: with a token from the token
 // endpoint always (twice at most: a fetch already in flight may have started
 // before the provider rotated), else rate-limited.
-func (k *remoteKeySet) key(ctx context.Context, kid, alg string) (any, error) {
+func (k *KeySet) key(ctx context.Context, kid, alg string) (any, error) {
 	begin := time.Now()
 	fetched := false // a fetch started since begin succeeded
 	if k.stale() {
@@ -230,7 +229,7 @@ func (k *remoteKeySet) key(ctx context.Context, kid, alg string) (any, error) {
 		started, err := k.refresh(ctx, fetchStale)
 		fetched = err == nil && !started.Before(begin)
 	}
-	if raw, ok := k.lookup(kid, alg); ok {
+	if raw, ok := k.Lookup(kid, alg); ok {
 		return raw, nil
 	}
 	if fetched {
@@ -240,7 +239,7 @@ func (k *remoteKeySet) key(ctx context.Context, kid, alg string) (any, error) {
 		if _, err := k.refresh(ctx, fetchUntrusted); err != nil {
 			return nil, err
 		}
-		if raw, ok := k.lookup(kid, alg); ok {
+		if raw, ok := k.Lookup(kid, alg); ok {
 			return raw, nil
 		}
 		return nil, errUnknownKey
@@ -250,7 +249,7 @@ func (k *remoteKeySet) key(ctx context.Context, kid, alg string) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		if raw, ok := k.lookup(kid, alg); ok {
+		if raw, ok := k.Lookup(kid, alg); ok {
 			return raw, nil
 		}
 		if !started.Before(begin) {
@@ -260,11 +259,11 @@ func (k *remoteKeySet) key(ctx context.Context, kid, alg string) (any, error) {
 	return nil, errUnknownKey
 }
 
-// cacheUntil bounds how long a result verified with these keys, valid until
+// CacheUntil bounds how long a result verified with these keys, valid until
 // exp, may be cached: not past the keys' max-age, so that a token signed by
 // a key the provider removed is verified again, and refused, once the JWKS
 // is refetched.
-func (k *remoteKeySet) cacheUntil(exp time.Time) time.Time {
+func (k *KeySet) CacheUntil(exp time.Time) time.Time {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	if k.fresh.Before(exp) {
@@ -275,17 +274,17 @@ func (k *remoteKeySet) cacheUntil(exp time.Time) time.Time {
 
 // stale tells whether the cached JWKS is past its max-age (or none was
 // fetched yet).
-func (k *remoteKeySet) stale() bool {
+func (k *KeySet) stale() bool {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	return !time.Now().Before(k.fresh)
 }
 
-// lookup finds the key for kid (or, without kid, the only key usable with
+// Lookup finds the key for kid (or, without kid, the only key usable with
 // alg) whose type fits alg and whose own "alg", when set, equals alg. Keys
 // past their hard expiry (not confirmed by the provider for jwksMaxStale
 // after their max-age) are not used.
-func (k *remoteKeySet) lookup(kid, alg string) (any, bool) {
+func (k *KeySet) Lookup(kid, alg string) (any, bool) {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	if !k.loaded || !time.Now().Before(k.expires) {
@@ -341,7 +340,7 @@ const (
 // waited for started. fetchStale starts a fetch only while the keys are
 // still stale; fetchUntrusted only if no untrusted fetch started within
 // minKeyRefetch (else errUnknownKey).
-func (k *remoteKeySet) refresh(ctx context.Context, reason fetchReason) (time.Time, error) {
+func (k *KeySet) refresh(ctx context.Context, reason fetchReason) (time.Time, error) {
 	k.mu.Lock()
 	f := k.inflight
 	if f == nil {
@@ -374,7 +373,7 @@ func (k *remoteKeySet) refresh(ctx context.Context, reason fetchReason) (time.Ti
 
 // run performs the fetch f and installs its keys. On failure the previous
 // keys stay, and a scheduled refetch is retried after jwksRetry.
-func (k *remoteKeySet) run(ctx context.Context, f *keyFetch) {
+func (k *KeySet) run(ctx context.Context, f *keyFetch) {
 	keys, ttl, err := fetchJWKS(ctx, k.client, k.url)
 	now := time.Now()
 	k.mu.Lock()
@@ -412,29 +411,9 @@ type keyFetch struct {
 // fetchJWKS fetches a JWKS and keeps its signature keys; ttl is how long it
 // may be used (jwksTTL).
 func fetchJWKS(ctx context.Context, client *http.Client, url string) (keys []verifyKey, ttl time.Duration, err error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	set, hdr, err := jwks.Fetch(ctx, client, url)
 	if err != nil {
 		return nil, 0, err
-	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, 0, fmt.Errorf("fetching jwks: %w", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxJWKSBody+1))
-	if err != nil {
-		return nil, 0, fmt.Errorf("reading jwks: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, 0, fmt.Errorf("fetching jwks: status %d", resp.StatusCode)
-	}
-	if len(body) > maxJWKSBody {
-		return nil, 0, errors.New("fetching jwks: larger than 1 MiB")
-	}
-	set, err := jwk.Parse(body)
-	if err != nil {
-		return nil, 0, fmt.Errorf("parsing jwks: %w", err)
 	}
 	keys = make([]verifyKey, 0, set.Len())
 	for i := 0; i < set.Len(); i++ {
@@ -452,8 +431,5 @@ func fetchJWKS(ctx context.Context, client *http.Client, url string) (keys []ver
 		}
 		keys = append(keys, verifyKey{kid: key.KeyID(), alg: alg, kty: key.KeyType(), raw: raw})
 	}
-	return keys, jwksTTL(resp.Header), nil
+	return keys, jwksTTL(hdr), nil
 }
-
-// maxJWKSBody bounds a fetched JWKS document.
-const maxJWKSBody = 1 << 20

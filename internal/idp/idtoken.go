@@ -1,4 +1,4 @@
-package caddyoidc
+package idp
 
 import (
 	"context"
@@ -14,26 +14,29 @@ import (
 	"github.com/coreos/go-oidc/v3/oidc"
 )
 
-// maxClockSkew is the tolerance for iat in the future.
-const maxClockSkew = 5 * time.Minute
+// MaxClockSkew is the tolerance for iat in the future.
+const MaxClockSkew = 5 * time.Minute
 
-// idTokenCheck lists what an ID token must satisfy beyond go-oidc's checks
+// IDTokenCheck lists what an ID token must satisfy beyond go-oidc's checks
 // (signature with a pinned algorithm, iss, aud contains client_id, exp, nbf).
-type idTokenCheck struct {
-	clientID string
-	nonce    string // required value of the nonce claim; "" for refreshes
-	// accessToken, when set and the token carries at_hash, must match it.
-	accessToken string
-	// prevIss and prevSub, when set (refresh), must equal the new token's.
-	prevIss, prevSub string
+type IDTokenCheck struct {
+	Nonce string // required value of the nonce claim; "" for refreshes
+	// AccessToken, when set and the token carries at_hash, must match it.
+	AccessToken string
+	// PrevIss and PrevSub, when set (refresh), must equal the new token's.
+	PrevIss, PrevSub string
 }
 
-// verifyIDToken verifies rawIDToken and returns its claims
+// VerifyIDToken verifies raw and returns its claims
 // (OpenID Connect Core 1.0 §3.1.3.7 and §12.2). Only for ID tokens received
 // from the token endpoint (code exchange, refresh): an unknown kid in them
 // always allows a JWKS refetch (fromTokenEndpoint), unlike in tokens an
 // attacker can send.
-func verifyIDToken(ctx context.Context, v *oidc.IDTokenVerifier, raw string, c idTokenCheck) (map[string]any, error) {
+func (cl *Client) VerifyIDToken(ctx context.Context, raw string, c IDTokenCheck) (map[string]any, error) {
+	return verifyIDToken(ctx, cl.idTokens, raw, cl.cfg.ClientID, c)
+}
+
+func verifyIDToken(ctx context.Context, v *oidc.IDTokenVerifier, raw, clientID string, c IDTokenCheck) (map[string]any, error) {
 	tok, err := v.Verify(fromTokenEndpoint(ctx), raw)
 	if err != nil {
 		return nil, err
@@ -48,7 +51,7 @@ func verifyIDToken(ctx context.Context, v *oidc.IDTokenVerifier, raw string, c i
 	if _, ok := claims["iat"]; !ok || tok.IssuedAt.IsZero() {
 		return nil, errors.New("id token has no iat")
 	}
-	if tok.IssuedAt.After(time.Now().Add(maxClockSkew)) {
+	if tok.IssuedAt.After(time.Now().Add(MaxClockSkew)) {
 		return nil, errors.New("id token issued in the future")
 	}
 	// §3.1.3.7 (4, 5): with several audiences azp must be present; when
@@ -57,28 +60,28 @@ func verifyIDToken(ctx context.Context, v *oidc.IDTokenVerifier, raw string, c i
 	if len(tok.Audience) > 1 && azp == "" {
 		return nil, errors.New("id token has several audiences and no azp")
 	}
-	if azp != "" && azp != c.clientID {
+	if azp != "" && azp != clientID {
 		return nil, fmt.Errorf("id token azp %q is not this client", azp)
 	}
-	if c.nonce != "" {
-		if subtle.ConstantTimeCompare([]byte(tok.Nonce), []byte(c.nonce)) != 1 {
+	if c.Nonce != "" {
+		if subtle.ConstantTimeCompare([]byte(tok.Nonce), []byte(c.Nonce)) != 1 {
 			return nil, errors.New("id token nonce does not match")
 		}
 	}
-	if c.accessToken != "" && tok.AccessTokenHash != "" {
-		if err := tok.VerifyAccessToken(c.accessToken); err != nil {
+	if c.AccessToken != "" && tok.AccessTokenHash != "" {
+		if err := tok.VerifyAccessToken(c.AccessToken); err != nil {
 			return nil, errors.New("id token at_hash does not match the access token")
 		}
 	}
-	if c.prevSub != "" && (tok.Subject != c.prevSub || tok.Issuer != c.prevIss) {
+	if c.PrevSub != "" && (tok.Subject != c.PrevSub || tok.Issuer != c.PrevIss) {
 		return nil, errors.New("refreshed id token has a different iss or sub")
 	}
 	return claims, nil
 }
 
-// unverifiedClaims decodes a JWT's payload without checking it. Used only on
+// UnverifiedClaims decodes a JWT's payload without checking it. Used only on
 // an access token received directly from the token endpoint, to read roles.
-func unverifiedClaims(jwt string) map[string]any {
+func UnverifiedClaims(jwt string) map[string]any {
 	parts := strings.Split(jwt, ".")
 	if len(parts) != 3 {
 		return nil
@@ -94,9 +97,9 @@ func unverifiedClaims(jwt string) map[string]any {
 	return m
 }
 
-// audienceMatches tells whether the aud claim (string or array) contains one
+// AudienceMatches tells whether the aud claim (string or array) contains one
 // of want.
-func audienceMatches(aud any, want []string) bool {
+func AudienceMatches(aud any, want []string) bool {
 	switch t := aud.(type) {
 	case string:
 		return slices.Contains(want, t)
@@ -108,4 +111,10 @@ func audienceMatches(aud any, want []string) bool {
 		}
 	}
 	return false
+}
+
+// VerifyLogoutToken verifies a back-channel logout token's signature, iss,
+// aud and times (go-oidc); the caller checks its events, sub/sid and jti.
+func (cl *Client) VerifyLogoutToken(ctx context.Context, raw string) (*oidc.LogoutToken, error) {
+	return cl.idTokens.VerifyLogout(ctx, raw)
 }
