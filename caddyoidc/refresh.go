@@ -13,7 +13,7 @@ import (
 
 var (
 	// errGrantGone: the provider says the refresh token is no longer valid
-	// (invalid_grant); the session must end.
+	// (see refreshTokenRefused); the session must end.
 	errGrantGone = errors.New("refresh token no longer valid")
 	// errIdPUnavailable: the provider could not be reached; keep the tokens.
 	errIdPUnavailable = errors.New("identity provider unavailable")
@@ -120,6 +120,27 @@ func (o *OIDC) refreshLocked(ctx context.Context, p *provider, s *session) (*ses
 	return ns, true, nil
 }
 
+// refreshTokenRefused tells whether a token endpoint's answer to a refresh
+// says, definitively, that the refresh token is no longer good: an OAuth
+// error response (RFC 6749 section 5.2) with a 4xx status and error
+// invalid_grant, or invalid_request with status 400, which is what dex
+// answers for a spent, unknown or expired refresh token. Anything else (5xx,
+// a network error, invalid_client, a body that is no OAuth error) keeps the
+// session: a failed refresh must never end a session whose tokens still work.
+func refreshTokenRefused(re *oauth2.RetrieveError) bool {
+	status := 0
+	if re.Response != nil {
+		status = re.Response.StatusCode
+	}
+	switch re.ErrorCode {
+	case "invalid_grant":
+		return status >= 400 && status < 500
+	case "invalid_request":
+		return status == 400
+	}
+	return false
+}
+
 // refreshAtIdP spends s's refresh token at the token endpoint and verifies
 // what comes back.
 func (o *OIDC) refreshAtIdP(ctx context.Context, p *provider, s *session) (*session, error) {
@@ -128,7 +149,7 @@ func (o *OIDC) refreshAtIdP(ctx context.Context, p *provider, s *session) (*sess
 	tok, err := ts.Token()
 	if err != nil {
 		var re *oauth2.RetrieveError
-		if errors.As(err, &re) && re.ErrorCode == "invalid_grant" {
+		if errors.As(err, &re) && refreshTokenRefused(re) {
 			o.observeRefresh(start, "invalid_grant")
 			o.logger.Info("refresh refused by the provider; session ends", zap.String("sub", s.Identity.Subject))
 			return nil, errGrantGone
