@@ -130,15 +130,15 @@ func sessionCookies(t *testing.T, c *http.Client, site string) map[string][]*htt
 	return out
 }
 
-// sessionRefreshToken is the refresh token in c's cookie-mode session at
-// the named provider.
+// sessionRefreshToken is the refresh token of c's session at the named
+// provider.
 func (e *dexSite) sessionRefreshToken(t *testing.T, c *http.Client, name string) string {
 	t.Helper()
 	var v strings.Builder
 	for _, ck := range sessionCookies(t, c, e.site.URL)[name] {
 		v.WriteString(ck.Value)
 	}
-	rt, err := caddyoidc.CookieSessionRefreshToken(e.site.Storage, v.String())
+	rt, err := caddyoidc.SessionRefreshToken(e.site.Storage, v.String())
 	if err != nil || rt == "" {
 		t.Fatalf("%s session's refresh token: %q %v", name, rt, err)
 	}
@@ -358,38 +358,63 @@ func TestDexRefresh(t *testing.T) {
 // dex answers invalid_request (not invalid_grant) for a spent refresh
 // token; the session must end there instead of retrying forever.
 func TestDexSpentRefreshTokenEndsSession(t *testing.T) {
-	e := startDexSite(t, testop.Options{}, dexShortLived, nil, "refresh_before 2s")
+	for _, mode := range []string{"cookie", "store"} {
+		t.Run(mode, func(t *testing.T) {
+			e := startDexSite(t, testop.Options{}, dexShortLived, nil, "refresh_before 2s", "session "+mode)
+			c := browser()
+			e.loginDex(t, c)
+			if resp := get(t, c, e.site.URL+"/api"); resp.StatusCode != 200 {
+				t.Fatalf("after login: %d", resp.StatusCode)
+			}
+			// Spend the session's refresh token behind the site's back.
+			rt := e.sessionRefreshToken(t, c, "dex")
+			if _, err := e.dex.Refresh(context.Background(), rt); err != nil {
+				t.Fatalf("refresh at dex: %v", err)
+			}
+			var re *oauth2.RetrieveError
+			if _, err := e.dex.Refresh(context.Background(), rt); !errors.As(err, &re) || re.ErrorCode != "invalid_request" || re.Response.StatusCode != 400 {
+				t.Fatalf("spent refresh token at dex: %v (the premise of this test is dex's invalid_request)", err)
+			}
+			time.Sleep(1500 * time.Millisecond)
+			hits := e.up.count()
+			if resp := get(t, c, e.site.URL+"/api"); resp.StatusCode != http.StatusUnauthorized {
+				t.Fatalf("after the spent refresh token: %d, want 401", resp.StatusCode)
+			}
+			if got := sessionCookies(t, c, e.site.URL); len(got["dex"]) != 0 {
+				t.Fatalf("the dead session's cookie was kept: %v", got)
+			}
+			resp := get(t, c, e.site.URL+"/page", navigate...)
+			if loc, _ := resp.Location(); resp.StatusCode != http.StatusFound || loc == nil || loc.Path != "/auth/login" {
+				t.Fatalf("navigation after the session ended: %d %v", resp.StatusCode, loc)
+			}
+			if e.up.count() != hits {
+				t.Fatal("the ended session reached upstream")
+			}
+			// A new login at dex works again.
+			if resp := e.loginDex(t, c); resp.StatusCode != 200 || e.up.header().Get("X-Auth-Request-Provider") != "dex" {
+				t.Fatalf("login again: %d", resp.StatusCode)
+			}
+		})
+	}
+}
+
+// A refresh that fails for want of dex (network error) never ends the
+// session: its access token is used while it lasts, then 503.
+func TestDexUnreachableRefreshKeepsSession(t *testing.T) {
+	e := startDexSite(t, testop.Options{}, testdex.Options{IDTokenLifetime: 6 * time.Second}, nil, "refresh_before 5s", "idp_timeout 1s")
 	c := browser()
 	e.loginDex(t, c)
-	if resp := get(t, c, e.site.URL+"/api"); resp.StatusCode != 200 {
-		t.Fatalf("after login: %d", resp.StatusCode)
+	e.dex.Close()
+	time.Sleep(1500 * time.Millisecond) // refresh due, the token good for 3s more
+	if resp := get(t, c, e.site.URL+"/api"); resp.StatusCode != 200 || e.up.header().Get("X-Auth-Request-Provider") != "dex" {
+		t.Fatalf("dex down, token still valid: %d", resp.StatusCode)
 	}
-	// Spend the session's refresh token behind the site's back.
-	rt := e.sessionRefreshToken(t, c, "dex")
-	if _, err := e.dex.Refresh(context.Background(), rt); err != nil {
-		t.Fatalf("refresh at dex: %v", err)
+	time.Sleep(5 * time.Second)
+	resp := get(t, c, e.site.URL+"/api")
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("dex down, token expired: %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
-	var re *oauth2.RetrieveError
-	if _, err := e.dex.Refresh(context.Background(), rt); !errors.As(err, &re) || re.ErrorCode != "invalid_request" || re.Response.StatusCode != 400 {
-		t.Fatalf("spent refresh token at dex: %v (the premise of this test is dex's invalid_request)", err)
-	}
-	time.Sleep(1500 * time.Millisecond)
-	hits := e.up.count()
-	if resp := get(t, c, e.site.URL+"/api"); resp.StatusCode != http.StatusUnauthorized {
-		t.Fatalf("after the spent refresh token: %d, want 401", resp.StatusCode)
-	}
-	if got := sessionCookies(t, c, e.site.URL); len(got["dex"]) != 0 {
-		t.Fatalf("the dead session's cookie was kept: %v", got)
-	}
-	resp := get(t, c, e.site.URL+"/page", navigate...)
-	if loc, _ := resp.Location(); resp.StatusCode != http.StatusFound || loc == nil || loc.Path != "/auth/login" {
-		t.Fatalf("navigation after the session ended: %d %v", resp.StatusCode, loc)
-	}
-	if e.up.count() != hits {
-		t.Fatal("the ended session reached upstream")
-	}
-	// A new login at dex works again.
-	if resp := e.loginDex(t, c); resp.StatusCode != 200 || e.up.header().Get("X-Auth-Request-Provider") != "dex" {
-		t.Fatalf("login again: %d", resp.StatusCode)
+	if got := sessionCookies(t, c, e.site.URL); len(got["dex"]) == 0 {
+		t.Fatal("the session cookie was dropped while dex was unreachable")
 	}
 }
