@@ -418,3 +418,41 @@ func TestDexUnreachableRefreshKeepsSession(t *testing.T) {
 		t.Fatal("the session cookie was dropped while dex was unreachable")
 	}
 }
+
+// An AZAT's grant holds dex's refresh token; once dex calls it expired
+// (invalid_request, "Refresh token expired."), the grant ends: AZATs and
+// the browser session answer 401 instead of retrying at dex forever.
+func TestDexExpiredRefreshTokenEndsAZATGrant(t *testing.T) {
+	e := startDexSite(t, testop.Options{},
+		testdex.Options{IDTokenLifetime: 3 * time.Second, RefreshTokenValidIfNotUsedFor: 2 * time.Second},
+		nil, "refresh_before 2s", "azat")
+	c := browser()
+	e.loginDex(t, c)
+	m := mintAZAT(t, c, e.site.URL)
+	if resp := get(t, browser(), e.site.URL+"/api", "Authorization", "Bearer "+m.Token); resp.StatusCode != 200 ||
+		e.up.header().Get("X-Auth-Request-Provider") != "dex" {
+		t.Fatalf("AZAT: %d", resp.StatusCode)
+	}
+	// Premise: dex answers an expired refresh token with invalid_request.
+	email, password := e.dex.User()
+	probe, err := e.dex.PasswordGrant(context.Background(), email, password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second) // every refresh token unused for 2s: expired
+	var re *oauth2.RetrieveError
+	if _, err := e.dex.Refresh(context.Background(), probe.RefreshToken); !errors.As(err, &re) ||
+		re.ErrorCode != "invalid_request" || re.Response.StatusCode != 400 {
+		t.Fatalf("expired refresh token at dex: %v", err)
+	}
+	hits := e.up.count()
+	if resp := get(t, browser(), e.site.URL+"/api", "Authorization", "Bearer "+m.Token); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("AZAT after dex expired the refresh token: %d, want 401", resp.StatusCode)
+	}
+	if resp := get(t, c, e.site.URL+"/api"); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("session after dex expired the refresh token: %d, want 401", resp.StatusCode)
+	}
+	if e.up.count() != hits {
+		t.Fatal("the ended grant reached upstream")
+	}
+}
