@@ -62,7 +62,7 @@ func (c *Client) token(ctx context.Context, form url.Values) (*Token, error) {
 // will never work again, so that the session it backs ends: a definite
 // refusal by the token endpoint. invalid_grant is the standard answer (RFC
 // 6749 §5.2); dex answers invalid_request for a spent or unknown refresh
-// token. An outage, a 5xx, a 429, or a refusal of the client itself
+// token (only with 400). An outage, a 5xx, a 429, or a refusal of the client itself
 // (invalid_client: a rotated client secret is fixed by the operator, and the
 // user's token may work again) keeps the session.
 func RefreshTokenDead(err error) bool {
@@ -71,8 +71,10 @@ func RefreshTokenDead(err error) bool {
 		return false
 	}
 	switch oe.Code {
-	case "invalid_grant", "invalid_request":
+	case "invalid_grant":
 		return true
+	case "invalid_request":
+		return oe.Status == 400
 	}
 	return false
 }

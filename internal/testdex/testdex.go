@@ -640,7 +640,8 @@ func (d *Dex) PasswordGrant(ctx context.Context, username, password string, scop
 
 // Refresh redeems refreshToken at the token endpoint as the confidential
 // client and returns the new tokens (with rotation on, a new refresh token;
-// the old one then fails with invalid_grant, after any reuse interval).
+// the old one then fails with invalid_request, status 400, after any reuse
+// interval; dex gives invalid_grant only for another client's refresh token).
 func (d *Dex) Refresh(ctx context.Context, refreshToken string) (*oauth2.Token, error) {
 	return d.WebConfig().TokenSource(ctx, &oauth2.Token{RefreshToken: refreshToken}).Token()
 }
