@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-
 	"github.com/caddy-oidc/caddy-oidc/azatauth"
 	"github.com/caddy-oidc/caddy-oidc/caddyoidc"
 	"github.com/caddy-oidc/caddy-oidc/internal/testdex"
@@ -48,38 +46,8 @@ func startDexSite(t *testing.T, opOpts testop.Options, dexOpts testdex.Options, 
 		strings.Join(dexExtra, "\n\t\t\t") + "\n\t\t}"
 	block := "oidc {\n\t\t" + providerBlock("corp", e.corp, "claim_header X-Corp-Email email") + "\n\t\t" + dexBlock +
 		"\n\t\t" + strings.Join(site, "\n\t\t") + "\n\t}"
-	e.site = startCaddyOn(t, port, block, e.up)
+	e.site = startCaddyOn(t, port, block, e.up, "")
 	return e
-}
-
-// startCaddyOn is startCaddy on a given loopback port.
-func startCaddyOn(t *testing.T, port int, oidcBlock string, up *upstream) *caddyInstance {
-	t.Helper()
-	storageDir := t.TempDir()
-	cf := fmt.Sprintf(`{
-	admin off
-	persist_config off
-	auto_https off
-	storage file_system %s
-	log {
-		output stderr
-		level ERROR
-	}
-}
-http://127.0.0.1:%d {
-	%s
-	reverse_proxy %s
-}
-`, storageDir, port, oidcBlock, strings.TrimPrefix(up.URL, "http://"))
-	cfg, _, err := caddyconfigAdapt(cf)
-	if err != nil {
-		t.Fatalf("adapt: %v\n%s", err, cf)
-	}
-	if err := caddy.Load(cfg, true); err != nil {
-		t.Fatalf("load: %v", err)
-	}
-	t.Cleanup(func() { _ = caddy.Stop() })
-	return &caddyInstance{URL: fmt.Sprintf("http://127.0.0.1:%d", port), Storage: storageDir}
 }
 
 // loginDex logs c in at the site's dex provider through dex's password form

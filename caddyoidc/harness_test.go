@@ -78,10 +78,16 @@ type caddyInstance struct {
 // loopback port that proxies to up. storageDir may be shared by callers.
 func startCaddy(t *testing.T, oidcBlock string, up *upstream, storageDir string) *caddyInstance {
 	t.Helper()
+	return startCaddyOn(t, freePort(t), oidcBlock, up, storageDir)
+}
+
+// startCaddyOn is startCaddy on a given loopback port (a provider whose
+// redirect URIs must match exactly needs the port first).
+func startCaddyOn(t *testing.T, port int, oidcBlock string, up *upstream, storageDir string) *caddyInstance {
+	t.Helper()
 	if storageDir == "" {
 		storageDir = t.TempDir()
 	}
-	port := freePort(t)
 	cf := fmt.Sprintf(`{
 	admin off
 	persist_config off

@@ -102,9 +102,6 @@ func (c *Client) Keys() *KeySet { return c.keys }
 // Algs are the signature algorithms accepted on the provider's tokens.
 func (c *Client) Algs() []string { return c.algs }
 
-// ClientID is this relying party's client_id at the provider.
-func (c *Client) ClientID() string { return c.cfg.ClientID }
-
 // Discover fetches and checks the discovery document and builds the Client.
 func Discover(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.HTTP == nil {
