@@ -5,8 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
-	"io/fs"
 	"net/http"
 	"strings"
 	"time"
@@ -21,57 +19,13 @@ import (
 // ends, on every instance that shares the storage.
 //
 // With `session store`, sessions are indexed by sid and sub in storage and
-// the matching records are deleted. With cookie sessions (nothing to delete
+// the matching records are deleted (storedSessions.endIndexed). With cookie sessions (nothing to delete
 // server-side) a revocation is written to storage and every instance reloads
 // the revocations every revocationReload.
-
-const indexPrefix = "caddy-oidc/index/"
 
 func hashKey(parts ...string) string {
 	h := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
 	return hex.EncodeToString(h[:16])
-}
-
-func sidIndex(iss, sid string) string { return indexPrefix + "sid/" + hashKey(iss, sid) }
-func subIndex(iss, sub string) string { return indexPrefix + "sub/" + hashKey(iss, sub) }
-
-// indexSession records a stored session under its provider sid and its sub.
-func (o *OIDC) indexSession(ctx context.Context, s *session) error {
-	entry := hashKey(s.ID)
-	val := []byte(s.ID)
-	sealed := []byte(o.rt.sealer.Seal(val, "session-index"))
-	if s.ProviderSID != "" {
-		if err := o.storage.Store(ctx, sidIndex(s.Identity.Issuer, s.ProviderSID)+"/"+entry, sealed); err != nil {
-			return err
-		}
-	}
-	return o.storage.Store(ctx, subIndex(s.Identity.Issuer, s.Identity.Subject)+"/"+entry, sealed)
-}
-
-// endIndexed deletes every stored session listed under index.
-func (o *OIDC) endIndexed(ctx context.Context, index string) (int, error) {
-	keys, err := o.storage.List(ctx, index, false)
-	if errors.Is(err, fs.ErrNotExist) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, k := range keys {
-		b, err := o.storage.Load(ctx, k)
-		if err != nil {
-			continue
-		}
-		id, err := o.rt.sealer.Open(string(b), "session-index")
-		if err == nil {
-			if err := o.deleteStored(ctx, string(id)); err == nil {
-				n++
-			}
-		}
-		_ = o.storage.Delete(ctx, k)
-	}
-	return n, nil
 }
 
 // serveBackchannelLogout validates a logout token and ends the sessions it
@@ -136,7 +90,7 @@ func (o *OIDC) serveBackchannelLogout(w http.ResponseWriter, r *http.Request, p 
 	// one namespace may differ in it (a rolling change of `session`).
 	ended := 0
 	for _, idx := range indexesFor(iss, lt.SessionID, lt.Subject) {
-		n, err := o.endIndexed(ctx, idx)
+		n, err := o.rt.stored.endIndexed(ctx, idx)
 		if err != nil {
 			unavailable(err)
 			return

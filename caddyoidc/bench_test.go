@@ -86,7 +86,7 @@ func newBenchEnv() (*benchEnv, error) {
 		RefreshToken: seal.RandomString(32), IDToken: cc.AccessToken, Expiry: now.Add(time.Hour).Unix(),
 		Created: now.Unix(), Identity: newIdentity(claims, o.RolesClaim, nil)}
 	env := &benchEnv{op: op, o: o, p: p, bearer: cc.AccessToken,
-		cookie: o.rt.sealer.Seal(encodeSession(s), o.sessionPurpose())}
+		cookie: o.rt.sealer.Seal(encodeSession(s), o.rt.sessions.purpose())}
 	key := grantKey(user)
 	if err := o.azat.Grants().Put(ctx, &azatauth.Grant{Key: key, AccessToken: cc.AccessToken,
 		Expiry: now.Add(time.Hour).Unix(), RefreshToken: "rt", Claims: claims}); err != nil {
@@ -445,12 +445,12 @@ func newBench3Env(e *benchEnv) (*bench3Env, error) {
 			return nil, errNoProvider
 		}
 	}
-	s, err := decodeSession(mustOpen(e.o.rt.sealer.Open(e.cookie, e.o.sessionPurpose())))
+	s, err := decodeSession(mustOpen(e.o.rt.sealer.Open(e.cookie, e.o.rt.sessions.purpose())))
 	if err != nil {
 		return nil, err
 	}
 	env := &bench3Env{o: o, main: main, bearer: e.bearer, cookieName: chunkName(main.CookieName, 0),
-		cookie: main.rt.sealer.Seal(encodeSession(s), main.sessionPurpose())}
+		cookie: main.rt.sealer.Seal(encodeSession(s), main.rt.sessions.purpose())}
 	user, _, err := main.verifyJWTAccessToken(ctx, main.rt.disc.Get(ctx), e.bearer)
 	if err != nil {
 		return nil, err

@@ -505,3 +505,27 @@ func stripLine(line string, opts cookieOpts) string {
 	}
 	return b.String()
 }
+
+// cookieOpts gives the cookie attributes and names for this request. The
+// names get the __Host- prefix when the cookies are Secure and host-only
+// (no cookie_domain), unless cookie_host_prefix is off: browsers then refuse
+// such a cookie from a sibling subdomain or over plain HTTP.
+func (o *OIDC) cookieOpts(r *http.Request) cookieOpts {
+	secure := r.TLS != nil
+	if o.CookieSecure != nil {
+		secure = *o.CookieSecure
+	}
+	ss := http.SameSiteLaxMode
+	switch o.CookieSameSite {
+	case "strict":
+		ss = http.SameSiteStrictMode
+	case "none":
+		ss = http.SameSiteNoneMode
+		secure = true
+	}
+	c := cookieOpts{secure: secure, sameSite: ss, domain: o.CookieDomain, base: o.CookieName}
+	if secure && o.CookieDomain == "" && (o.CookieHostPrefix == nil || *o.CookieHostPrefix) {
+		c.prefix = hostPrefix
+	}
+	return c
+}

@@ -243,7 +243,7 @@ func TestServeHTTPRemovesForgedIdentityHeaders(t *testing.T) {
 	now := time.Now()
 	s := &session{ID: "sid", AccessToken: e.bearer, TokenType: "Bearer", Expiry: now.Add(time.Hour).Unix(),
 		Created: now.Unix(), Identity: newIdentity(claims, o.RolesClaim, nil)}
-	cookie := chunkName(o.CookieName, 0) + "=" + o.rt.sealer.Seal(encodeSession(s), o.sessionPurpose())
+	cookie := chunkName(o.CookieName, 0) + "=" + o.rt.sealer.Seal(encodeSession(s), o.rt.sessions.purpose())
 
 	forged := []string{"X_Auth_Request_User", "x.auth.request.user", "X-Auth_Request.User", "X_AUTH_REQUEST_EMAIL",
 		"x_auth_request_groups", "X.Auth.Request.Preferred.Username", "X_Auth_Request_Access_Token", "X_User_Name", "x.user.name"}

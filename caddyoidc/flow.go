@@ -227,14 +227,6 @@ func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider
 		s.GrantKey, s.RefreshToken = grantKey(s.Identity), ""
 	}
 	s.labelIdentity() // as a session read back is (the store caches this one)
-	if o.Session == "store" {
-		// Indexed first: a stored session a back-channel logout cannot find
-		// is never created (a stray entry of a failed login is swept).
-		if err := o.indexSession(context.WithoutCancel(r.Context()), s); err != nil {
-			o.callbackError(w, r, http.StatusServiceUnavailable, "the session could not be saved", err)
-			return
-		}
-	}
 	if err := o.createSession(w, r, s); err != nil {
 		o.callbackError(w, r, http.StatusServiceUnavailable, "the session could not be saved", err)
 		return

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
@@ -154,17 +153,16 @@ func BenchmarkFootprintRAM(b *testing.B) {
 		for i := range n {
 			s := newSession(i)
 			ids[i] = s.ID
-			if err := o.storeSession(ctx, s); err != nil {
+			if err := o.rt.stored.store(ctx, s); err != nil {
 				b.Fatal(err)
 			}
 		}
 		// The request path's cache, unbounded here to hold all n.
-		o.SessionCache = caddy.Duration(time.Hour)
-		o.rt.stored = expiry.New[string, *session](n)
+		o.rt.stored.cacheTTL, o.rt.stored.cache = time.Hour, expiry.New[string, *session](n)
 		before := heapInUse()
 		b.ResetTimer()
 		for _, id := range ids {
-			if s, err := o.loadStoredCached(ctx, id); err != nil || s == nil {
+			if s, err := o.rt.stored.open(ctx, o.rt.sealer.Seal([]byte(id), o.rt.stored.purpose())); err != nil || s == nil {
 				b.Fatal(err)
 			}
 		}
@@ -193,7 +191,7 @@ func BenchmarkFootprintRAM(b *testing.B) {
 			}
 			cookies[i] = strings.Join(parts, "; ")
 		}
-		o.rt.sessions = expiry.New[string, *session](n)
+		o.rt.sessions.(*cookieSessions).cache = expiry.New[string, *session](n)
 		before := heapInUse()
 		b.ResetTimer()
 		for _, c := range cookies {

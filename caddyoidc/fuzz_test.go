@@ -135,8 +135,15 @@ func fuzzOIDC(s *seal.Sealer) *OIDC {
 	return &OIDC{
 		CookieName: fuzzCookieName, Session: "cookie",
 		SessionLifetime: caddy.Duration(100 * 365 * 24 * time.Hour),
-		rt:              &runtime{sealer: s, sessions: expiry.New[string, *session](64)},
+		rt:              fuzzRuntime(s),
 	}
+}
+
+func fuzzRuntime(s *seal.Sealer) *runtime {
+	rt := &runtime{sealer: s}
+	rt.sessions = &cookieSessions{sealer: s, lifetime: 100 * 365 * 24 * time.Hour,
+		cache: expiry.New[string, *session](64), revoked: &rt.revoked, m: &rt.m}
+	return rt
 }
 
 func cookieRequest(header string) *http.Request {

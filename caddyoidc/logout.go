@@ -133,7 +133,7 @@ func (o *OIDC) serveLogout(w http.ResponseWriter, r *http.Request, p *provider) 
 // and with it their AZATs, unless `azat { logout keep }`.
 func (o *OIDC) endSession(ctx context.Context, p *provider, s *session) error {
 	ctx = context.WithoutCancel(ctx)
-	if err := o.endSessionRecord(ctx, s); err != nil {
+	if err := o.rt.sessions.end(ctx, s); err != nil {
 		return err
 	}
 	if s.RefreshToken != "" && p.Metadata().RevocationEndpoint != "" {

@@ -471,9 +471,14 @@ func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.S
 	rt.usedStates = expiry.New[string, struct{}](maxLoginMarkers)
 	rt.introspected = expiry.New[[32]byte, *identity](10000)
 	rt.remote = newRemoteChecks(maxRejected, maxRemoteCalls)
-	rt.sessions = expiry.New[string, *session](4096)
-	rt.stored = expiry.New[string, *session](4096)
 	o.rt = rt
+	rt.stored = &storedSessions{storage: o.storage, sealer: rt.sealer, lifetime: time.Duration(o.SessionLifetime),
+		cacheTTL: time.Duration(o.SessionCache), cache: expiry.New[string, *session](4096), m: &rt.m, logger: o.logger}
+	rt.sessions = rt.stored
+	if o.Session != "store" {
+		rt.sessions = &cookieSessions{sealer: rt.sealer, lifetime: time.Duration(o.SessionLifetime),
+			cache: expiry.New[string, *session](4096), revoked: &rt.revoked, revoke: o.storeRevocation, m: &rt.m}
+	}
 	if o.AZAT != nil {
 		o.AZAT.Namespace, o.AZAT.SiteOrigin = rt.ns, siteOrigin(site)
 		if o.member {
@@ -667,13 +672,18 @@ type runtime struct {
 	usedStates       *expiry.Map[string, struct{}]
 	introspected     *expiry.Map[[32]byte, *identity]
 	remote           *remoteChecks
-	sessions         *expiry.Map[string, *session]
-	stored           *expiry.Map[string, *session]
-	pending          pendingGrants
-	device           deviceLimits
-	revoked          revocations
-	mu               sync.Mutex
-	sweeps           sweepCursors
+	// sessions is where sessions live (`session`); stored is the session
+	// store of the namespace, which back-channel logouts search whatever
+	// the mode (it is sessions with `session store`).
+	sessions sessionBackend
+	stored   *storedSessions
+	pending  pendingGrants
+	device   deviceLimits
+	revoked  revocations
+	mu       sync.Mutex
+	// sweepMarkers is where the sweep of back-channel replay markers goes
+	// on next run.
+	sweepMarkers listCursor
 	// ns is the namespace id (see namespace.go); o.storage is confined to it.
 	ns string
 	// root is the prefix of the keys given to o.storage (ends in /).

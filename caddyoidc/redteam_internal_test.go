@@ -22,7 +22,7 @@ func TestRedteamSweepStuckBehindLiveSessions(t *testing.T) {
 	now := time.Now()
 	store := func(id string, created time.Time) {
 		s := &session{ID: id, AccessToken: "at", Created: created.Unix(), Identity: &identity{Issuer: o.Issuer, Subject: "u"}}
-		if err := o.storeSession(ctx, s); err != nil {
+		if err := o.rt.stored.store(ctx, s); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -52,7 +52,9 @@ func (o *OIDC) refresh(ctx context.Context, p *provider, s *session, force bool)
 		if ns := o.rt.recent.get(key); ns != nil {
 			return ns, nil
 		}
-		ns, persisted, err := o.refreshLocked(ctx, p, s)
+		ns, persisted, err := o.rt.sessions.refresh(ctx, s, func(ctx context.Context, s *session) (*session, error) {
+			return o.refreshAtIdP(ctx, p, s)
+		})
 		switch {
 		case err != nil:
 		case persisted:
@@ -72,53 +74,6 @@ func (o *OIDC) refresh(ctx context.Context, p *provider, s *session, force bool)
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-}
-
-// refreshLocked refreshes s; with the session store, under the session's
-// storage lock. persisted tells whether the result is in storage.
-func (o *OIDC) refreshLocked(ctx context.Context, p *provider, s *session) (*session, bool, error) {
-	if o.Session != "store" {
-		ns, err := o.refreshAtIdP(ctx, p, s)
-		return ns, true, err
-	}
-	lock := sessionKey(s.ID)
-	if err := o.storage.Lock(ctx, lock); err != nil {
-		count(o.rt.m.storeErrors, "lock")
-		o.logger.Error("session store lock failed", errField(err))
-		return nil, false, errIdPUnavailable
-	}
-	defer func() {
-		if err := o.storage.Unlock(context.WithoutCancel(ctx), lock); err != nil {
-			o.logger.Error("session store unlock failed", errField(err))
-		}
-	}()
-	cur, err := o.loadStored(ctx, s.ID)
-	if err != nil {
-		count(o.rt.m.storeErrors, "load")
-		o.logger.Error("session store load failed", errField(err))
-		return nil, false, errIdPUnavailable
-	}
-	if cur == nil {
-		return nil, false, errGrantGone // logged out meanwhile
-	}
-	if cur.AccessToken != s.AccessToken && cur.usable(time.Now()) {
-		return cur, true, nil // another instance refreshed meanwhile
-	}
-	ns, err := o.refreshAtIdP(ctx, p, cur)
-	if err != nil {
-		if errors.Is(err, errGrantGone) {
-			_ = o.deleteStoredLocked(ctx, s.ID)
-		}
-		return nil, false, err
-	}
-	if err := o.storeSession(ctx, ns); err != nil {
-		// The provider may have rotated the refresh token: the new session
-		// is kept in memory and stored by a later request (saveSession).
-		count(o.rt.m.storeErrors, "store")
-		o.logger.Error("storing refreshed session failed; kept in memory", errField(err))
-		return ns, false, nil
-	}
-	return ns, true, nil
 }
 
 // refreshAtIdP spends s's refresh token at the token endpoint and verifies

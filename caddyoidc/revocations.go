@@ -203,21 +203,3 @@ func (o *OIDC) storeRevocation(ctx context.Context, r revocation) error {
 	o.rt.revoked.add(r)
 	return nil
 }
-
-// endSessionRecord ends s server-side on every instance: the stored record
-// is deleted (session store), or the session id is revoked until the
-// session would have expired (cookie sessions).
-func (o *OIDC) endSessionRecord(ctx context.Context, s *session) error {
-	if o.Session == "store" {
-		err := o.deleteStored(ctx, s.ID)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		return err
-	}
-	now := time.Now()
-	return o.storeRevocation(ctx, revocation{
-		Kind: "id", Key: hashKey(s.ID), At: now.Unix(), AtMs: now.UnixMilli(),
-		Until: time.Unix(s.Created, 0).Add(time.Duration(o.SessionLifetime)).Unix(),
-	})
-}

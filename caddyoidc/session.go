@@ -44,6 +44,16 @@ func (s *session) createdMs() int64 {
 	return s.Created * 1000
 }
 
+// until is when s ends: its login time plus lifetime (session_lifetime).
+func (s *session) until(lifetime time.Duration) time.Time {
+	return time.Unix(s.Created, 0).Add(lifetime)
+}
+
+// expired tells whether s is past lifetime at now.
+func (s *session) expired(lifetime time.Duration, now time.Time) bool {
+	return now.Sub(time.Unix(s.Created, 0)) > lifetime
+}
+
 // refreshable tells whether the session can get new tokens.
 func (s *session) refreshable() bool { return s.RefreshToken != "" || s.GrantKey != "" }
 

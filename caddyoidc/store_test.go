@@ -50,10 +50,10 @@ func TestStoredSessionCache(t *testing.T) {
 	now := time.Now()
 	s := &session{ID: seal.RandomString(32), AccessToken: "at", Expiry: now.Add(time.Hour).Unix(), Created: now.Unix(),
 		Identity: &identity{Issuer: "http://127.0.0.1:1", Subject: "alice"}}
-	if err := a.storeSession(context.Background(), s); err != nil {
+	if err := a.rt.stored.store(context.Background(), s); err != nil {
 		t.Fatal(err)
 	}
-	cookie := chunkName(a.CookieName, 0) + "=" + a.rt.sealer.Seal([]byte(s.ID), a.sessionPurpose())
+	cookie := chunkName(a.CookieName, 0) + "=" + a.rt.sealer.Seal([]byte(s.ID), a.rt.sessions.purpose())
 	load := func(o *OIDC) *session {
 		t.Helper()
 		r := httptest.NewRequest("GET", "http://app.example/", nil)
@@ -90,7 +90,7 @@ func TestStoredSessionCache(t *testing.T) {
 
 	// Logout on a: gone at once on a and on the strict instance; b follows
 	// within its cache period.
-	if err := a.deleteStored(context.Background(), s.ID); err != nil {
+	if err := a.rt.stored.delete(context.Background(), s.ID); err != nil {
 		t.Fatal(err)
 	}
 	if load(a) != nil || load(strict) != nil {

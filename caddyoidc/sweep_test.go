@@ -25,10 +25,10 @@ func TestSweepDeletesExpired(t *testing.T) {
 	mk := func(created time.Time, sub string) *session {
 		s := &session{ID: seal.RandomString(32), AccessToken: "at", Created: created.Unix(), ProviderSID: "psid-" + sub,
 			Identity: &identity{Issuer: o.Issuer, Subject: sub}}
-		if err := o.storeSession(ctx, s); err != nil {
+		if err := o.rt.stored.store(ctx, s); err != nil {
 			t.Fatal(err)
 		}
-		if err := o.indexSession(ctx, s); err != nil {
+		if err := o.rt.stored.index(ctx, s); err != nil {
 			t.Fatal(err)
 		}
 		return s
@@ -46,7 +46,7 @@ func TestSweepDeletesExpired(t *testing.T) {
 	oldMarker, liveMarker := marker("old", now.Add(-time.Minute)), marker("live", now.Add(time.Minute))
 
 	// Met on the request path: refused and deleted.
-	if s, err := o.loadStored(ctx, met.ID); s != nil || err != nil {
+	if s, err := o.rt.stored.load(ctx, met.ID); s != nil || err != nil {
 		t.Fatalf("expired session loaded: %v %v", s, err)
 	}
 	if o.storage.Exists(ctx, sessionKey(met.ID)) {
