@@ -1,0 +1,189 @@
+package caddyoidc
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+)
+
+// sessionsHandler provisions a handler with the given session mode on file
+// storage dir (shared by "instances" given the same dir).
+func sessionsHandler(t *testing.T, mode, dir string) *OIDC {
+	t.Helper()
+	o := &OIDC{Provider: Provider{Issuer: "http://127.0.0.1:1", ClientID: "web"}, CookieSecret: strings.Repeat("s", 32),
+		Session: mode, SessionLifetime: caddy.Duration(time.Hour), SessionCache: caddy.Duration(-1)}
+	if err := o.provision(context.Background(), zap.NewNop(), &certmagic.FileStorage{Path: dir}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = o.Cleanup() })
+	return o
+}
+
+func testSession(iss string) *session {
+	return (&session{ID: "sid-" + time.Now().Format("150405.000000000"), AccessToken: "at-1", RefreshToken: "rt-1",
+		Expiry: time.Now().Add(time.Hour).Unix(), Created: time.Now().Unix(),
+		Identity: &identity{Issuer: iss, Subject: "alice", Claims: map[string]any{"sub": "alice"}}}).labelIdentity()
+}
+
+// TestSessionBackends is the contract both backends keep, written as the
+// attacks on it: a session is opened only from the value its backend wrote,
+// with the purpose of that backend (a cookie-mode value is no stored-session
+// id, and the reverse); an ended session does not open again from a copy of
+// its cookie, on another instance either; a refresh of an ended session
+// does not bring it back.
+func TestSessionBackends(t *testing.T) {
+	for _, mode := range []string{"cookie", "store"} {
+		t.Run(mode, func(t *testing.T) {
+			ctx := context.Background()
+			dir := t.TempDir()
+			a, b := sessionsHandler(t, mode, dir), sessionsHandler(t, mode, dir)
+			sb := a.rt.sessions
+			s := testSession(a.Issuer)
+			raw, err := sb.save(ctx, s, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for name, h := range map[string]*OIDC{"same instance": a, "other instance": b} {
+				got, err := h.rt.sessions.open(ctx, raw)
+				if err != nil || got == nil || got.ID != s.ID || got.AccessToken != "at-1" {
+					t.Fatalf("%s: the legitimate cookie does not open its session: %+v, %v", name, got, err)
+				}
+			}
+			// Tampered, and the other backend's purpose.
+			if got, _ := sb.open(ctx, raw[:len(raw)-2]+"AA"); got != nil {
+				t.Fatal("a tampered cookie value opened a session")
+			}
+			other := "store"
+			if mode == "store" {
+				other = "cookie"
+			}
+			o2 := sessionsHandler(t, other, dir)
+			if got, _ := o2.rt.sessions.open(ctx, raw); got != nil {
+				t.Fatalf("a %s-mode value opened as a %s-mode session", mode, other)
+			}
+
+			// A refresh goes through the backend once and is saved.
+			calls := 0
+			ns, persisted, err := sb.refresh(ctx, s, func(_ context.Context, cur *session) (*session, error) {
+				calls++
+				n := *cur
+				n.AccessToken = "at-2"
+				return &n, nil
+			})
+			if err != nil || !persisted || ns.AccessToken != "at-2" || calls != 1 {
+				t.Fatalf("refresh: %+v %v %v calls=%d", ns, persisted, err, calls)
+			}
+			raw2, err := sb.save(ctx, ns, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := b.rt.sessions.open(ctx, raw2); got == nil || got.AccessToken != "at-2" {
+				t.Fatalf("the refreshed session does not open on the other instance: %+v", got)
+			}
+
+			// Logout on instance a: every copy of both cookie values is
+			// refused on both instances (b reloads revocations as it does
+			// every revocation_reload).
+			if err := sb.end(ctx, ns); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.loadRevocations(ctx); err != nil {
+				t.Fatal(err)
+			}
+			for _, v := range []string{raw, raw2} {
+				for name, h := range map[string]*OIDC{"same instance": a, "other instance": b} {
+					if got, _ := h.rt.sessions.open(ctx, v); got != nil {
+						t.Fatalf("%s: a copy of an ended session's cookie still opens", name)
+					}
+				}
+			}
+			if mode == "store" {
+				// A refresh that was in flight does not store it again.
+				_, _, err := sb.refresh(ctx, ns, func(context.Context, *session) (*session, error) {
+					t.Fatal("an ended stored session was refreshed at the provider")
+					return nil, nil
+				})
+				if !errors.Is(err, errGrantGone) {
+					t.Fatalf("refresh of an ended stored session: %v", err)
+				}
+				if _, err := sb.save(ctx, ns, false); !errors.Is(err, errSessionEnded) {
+					t.Fatalf("saving a refreshed session over an ended one: %v", err)
+				}
+			}
+		})
+	}
+}
+
+// TestStoredRefreshReusesOtherInstances: instances sharing storage
+// serialize a session's refresh on its storage lock and re-read the
+// record, so the second instance reuses the first one's refresh instead of
+// spending the (rotated) refresh token again.
+func TestStoredRefreshReusesOtherInstances(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	a, b := sessionsHandler(t, "store", dir), sessionsHandler(t, "store", dir)
+	s := testSession(a.Issuer)
+	if _, err := a.rt.sessions.save(ctx, s, true); err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	at := func(_ context.Context, cur *session) (*session, error) {
+		calls.Add(1)
+		if cur.RefreshToken != "rt-1" {
+			return nil, errGrantGone // a rotating provider refuses a spent token
+		}
+		n := *cur
+		n.AccessToken, n.RefreshToken = "at-2", "rt-2"
+		return &n, nil
+	}
+	na, _, err := a.rt.sessions.refresh(ctx, s, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nb, persisted, err := b.rt.sessions.refresh(ctx, s, at) // b still holds the old session
+	if err != nil || !persisted || nb.AccessToken != na.AccessToken {
+		t.Fatalf("other instance: %+v %v %v", nb, persisted, err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("%d provider calls for one refresh across two instances, want 1", n)
+	}
+}
+
+// TestStoredRefreshRefusedDeletes: a refresh the provider refuses ends the
+// stored session; one that fails for unavailability keeps it.
+func TestStoredRefreshRefusedDeletes(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		kept bool
+	}{
+		{"refused", errGrantGone, false},
+		{"provider unreachable", errIdPUnavailable, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			o := sessionsHandler(t, "store", t.TempDir())
+			s := testSession(o.Issuer)
+			raw, err := o.rt.sessions.save(ctx, s, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _, err = o.rt.sessions.refresh(ctx, s, func(context.Context, *session) (*session, error) { return nil, tc.err })
+			if !errors.Is(err, tc.err) {
+				t.Fatalf("err = %v, want %v", err, tc.err)
+			}
+			got, _ := o.rt.sessions.open(ctx, raw)
+			if (got != nil) != tc.kept {
+				t.Fatalf("session kept = %v, want %v", got != nil, tc.kept)
+			}
+		})
+	}
+}
