@@ -71,14 +71,6 @@ func (g *Grant) Usable() bool { return g != nil && g.RefreshToken != "" }
 // JTIValid tells whether jti is inside the window.
 func (g *Grant) JTIValid(jti uint64) bool { return g != nil && jti >= g.MinJTI && jti < g.MaxJTI }
 
-// NeedsRefresh tells whether the access token is missing or expires within before.
-func (g *Grant) NeedsRefresh(now time.Time, before time.Duration) bool {
-	if g.AccessToken == "" {
-		return true
-	}
-	return g.Expiry != 0 && now.Add(before).Unix() >= g.Expiry
-}
-
 // GrantStore keeps grants in Caddy storage, sealed with AES-256-GCM bound to
 // the grant key. Reads on the request path (Load) may be served from memory
 // for up to the cache TTL; writes go through to storage and update the cache.

@@ -2,6 +2,7 @@ package caddyoidc
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unsafe"
 
 	"go.uber.org/zap"
 
@@ -299,4 +301,9 @@ func (o *OIDC) warnBearerAudience(rt *runtime) {
 		"and logout tokens too; an API audience distinct from the client_id (audience <api>, set up at the provider) "+
 		"separates access tokens from ID tokens",
 		zap.String("client_id", rt.clientID), zap.Bool("default_audience", len(o.Audience) == 0))
+}
+
+// tokenHash hashes a token without copying it (Sum256 only reads).
+func tokenHash(tok string) [32]byte {
+	return sha256.Sum256(unsafe.Slice(unsafe.StringData(tok), len(tok)))
 }

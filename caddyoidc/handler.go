@@ -125,7 +125,7 @@ func (o *OIDC) authenticate(w http.ResponseWriter, r *http.Request, p *provider,
 	// Seed 002's server hook: an expired access token is never used (usable
 	// below); a token that expires within refresh_before is refreshed first.
 	now := time.Now()
-	if s.refreshable() && s.needsRefresh(now, time.Duration(o.RefreshBefore)) {
+	if s.refreshable() && o.needsRefresh(s.AccessToken, s.Expiry, now) {
 		ns, err := o.refresh(r.Context(), p, s, false)
 		switch {
 		case err == nil:

@@ -146,7 +146,7 @@ func (o *OIDC) endSession(ctx context.Context, p *provider, s *session) error {
 		if err := o.azat.Grants().Forget(ctx, s.GrantKey); err != nil {
 			return err
 		}
-		o.rt.pending.forget(s.GrantKey)
+		o.rt.unstored.forget(s.GrantKey)
 	}
 	return nil
 }

@@ -467,7 +467,6 @@ func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.S
 		return fmt.Errorf("cookie_secret: %v", err)
 	}
 	rt.refreshes = new(singleflight.Group)
-	rt.recent = newRecentRefreshes()
 	rt.usedStates = expiry.New[string, struct{}](maxLoginMarkers)
 	rt.introspected = expiry.New[[32]byte, *identity](10000)
 	rt.remote = newRemoteChecks(maxRejected, maxRemoteCalls)
@@ -668,7 +667,7 @@ type runtime struct {
 	sealer           *seal.Sealer
 	disc             *idp.Discoverer
 	refreshes        *singleflight.Group
-	recent           *recentRefreshes
+	recent           recentResults[*session] // session refreshes by refreshKey
 	usedStates       *expiry.Map[string, struct{}]
 	introspected     *expiry.Map[[32]byte, *identity]
 	remote           *remoteChecks
@@ -677,7 +676,7 @@ type runtime struct {
 	// the mode (it is sessions with `session store`).
 	sessions sessionBackend
 	stored   *storedSessions
-	pending  pendingGrants
+	unstored recentResults[*azatauth.Grant] // refreshed grants not yet stored
 	device   deviceLimits
 	revoked  revocations
 	mu       sync.Mutex

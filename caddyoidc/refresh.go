@@ -5,10 +5,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-oidc/caddy-oidc/azatauth"
 	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 )
 
@@ -22,17 +24,81 @@ var (
 	errNoRefreshToken = errors.New("no refresh token")
 )
 
-// refreshKey identifies one refresh: the session and the refresh token it
-// would spend.
+// The refresh coordinator. Every refresh of provider tokens goes through
+// here: a session's (refresh), a grant's (refreshGrant: the refresh token
+// an AZAT user's sessions and AZATs share). The same rules for both:
+//   - needsRefresh decides (one predicate, on the request path of sessions
+//     and AZATs alike); fresh decides again once the record is re-read;
+//   - coordinate makes one provider call per record however many requests
+//     ask at once (singleflight in this process, detached from the first
+//     caller's cancellation, bounded in time), and the record's storage
+//     lock with a re-read serializes instances sharing storage
+//     (storedSessions.refresh, the grant store's Update), so a refresh
+//     another instance just made is reused, not repeated;
+//   - a refused refresh ends the record; an unreachable provider keeps it;
+//   - a result that could not be stored (the provider may have rotated the
+//     refresh token, so it is the only copy that works) is kept in memory
+//     (recentResults) and stored by a later request.
+
+// needsRefresh tells whether an access token (expiring at expiry, unix
+// seconds; 0: unknown) is missing or expires within refresh_before.
+func (o *OIDC) needsRefresh(token string, expiry int64, now time.Time) bool {
+	return token == "" || expiry != 0 && now.Add(time.Duration(o.RefreshBefore)).Unix() >= expiry
+}
+
+// tokenUsable tells whether an access token can still be sent upstream.
+func tokenUsable(token string, expiry int64, now time.Time) bool {
+	return token != "" && (expiry == 0 || now.Unix() < expiry)
+}
+
+// fresh tells, once a record is re-read under its lock, whether it need not
+// be refreshed: another request or instance refreshed it meanwhile (its
+// token is no longer stale, the one the caller found, and is usable), or,
+// unless force, it no longer needs a refresh.
+func (o *OIDC) fresh(token string, expiry int64, stale string, force bool, now time.Time) bool {
+	if token != stale && tokenUsable(token, expiry, now) {
+		return true
+	}
+	return !force && !o.needsRefresh(token, expiry, now)
+}
+
+// coordinate runs fn once for all concurrent callers with the same key,
+// detached from the first caller's cancellation (the others wait on it
+// too) and bounded by the refresh timeout; a caller whose ctx ends stops
+// waiting.
+func coordinate[T any](ctx context.Context, o *OIDC, key string, fn func(context.Context) (T, error)) (T, error) {
+	ch := o.rt.refreshes.DoChan(key, func() (any, error) {
+		// The storage lock may be waited for, then two provider calls
+		// (token endpoint, keys) made.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Duration(o.IdPTimeout)+5*time.Second)
+		defer cancel()
+		return fn(ctx)
+	})
+	var zero T
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return zero, res.Err
+		}
+		return res.Val.(T), nil
+	case <-ctx.Done():
+		return zero, ctx.Err()
+	}
+}
+
+// refreshKey identifies one refresh of a session: the session and the
+// refresh token it would spend.
 func refreshKey(s *session) string {
 	h := sha256.Sum256([]byte(s.ID + "\x00" + s.RefreshToken))
 	return hex.EncodeToString(h[:16])
 }
 
-// refresh returns the session with fresh tokens. Concurrent calls for one
-// session share one provider call (singleflight); with the session store,
-// instances sharing storage serialize on a storage lock and re-read the
-// record, so a refresh another instance just made is reused.
+// refresh returns the session with fresh tokens (force: even if its access
+// token is not stale). A session backed by a grant refreshes through it.
+// Requests that still carry the old cookie (sent before the browser saw
+// the new Set-Cookie) get the result of the refresh just made instead of
+// spending the old refresh token again, which a rotating provider would
+// refuse (and which would log the user out).
 func (o *OIDC) refresh(ctx context.Context, p *provider, s *session, force bool) (*session, error) {
 	if s.GrantKey != "" && o.azat != nil {
 		return o.sessionFromGrant(ctx, p, s, force)
@@ -41,39 +107,131 @@ func (o *OIDC) refresh(ctx context.Context, p *provider, s *session, force bool)
 		return nil, errNoRefreshToken
 	}
 	key := refreshKey(s)
-	if ns := o.rt.recent.get(key); ns != nil {
+	if ns, ok := o.rt.recent.get(key); ok {
 		return ns, nil
 	}
-	ch := o.rt.refreshes.DoChan(key, func() (any, error) {
-		// Detached from the first caller's cancellation: the others wait too.
-		ctx := context.WithoutCancel(ctx)
-		ctx, cancel := context.WithTimeout(ctx, 2*time.Duration(o.IdPTimeout))
-		defer cancel()
-		if ns := o.rt.recent.get(key); ns != nil {
+	return coordinate(ctx, o, "session\x00"+key, func(ctx context.Context) (*session, error) {
+		if ns, ok := o.rt.recent.get(key); ok {
 			return ns, nil
 		}
-		ns, persisted, err := o.rt.sessions.refresh(ctx, s, func(ctx context.Context, s *session) (*session, error) {
-			return o.refreshAtIdP(ctx, p, s)
+		ns, persisted, err := o.rt.sessions.refresh(ctx, s, func(ctx context.Context, cur *session) (*session, error) {
+			if o.fresh(cur.AccessToken, cur.Expiry, s.AccessToken, force, time.Now()) {
+				return cur, nil
+			}
+			return o.refreshAtIdP(ctx, p, cur)
 		})
 		switch {
 		case err != nil:
 		case persisted:
-			o.rt.recent.put(key, ns)
+			o.rt.recent.put(key, ns, recentRefreshTTL)
 		default:
-			// Kept in memory until a later request manages to store it.
-			o.rt.recent.putFor(key, ns, unpersistedTTL)
+			o.rt.recent.put(key, ns, unstoredTTL)
 		}
 		return ns, err
 	})
-	select {
-	case res := <-ch:
-		if res.Err != nil {
-			return nil, res.Err
+}
+
+// refreshGrant refreshes the provider tokens of a grant: one provider call
+// per grant however many requests arrive (singleflight in this process, the
+// grant's storage lock across instances, and a re-read of the grant once the
+// lock is held, since another instance may just have refreshed it).
+//
+// stale is the access token the caller found stale: once the lock is held, a
+// different, unexpired token in the grant was refreshed meanwhile (perhaps
+// by another instance, while this one waited for the lock) and is used as
+// is, even if it too is close to its expiry.
+func (o *OIDC) refreshGrant(ctx context.Context, p *provider, key, stale string, force bool) (*azatauth.Grant, error) {
+	return coordinate(ctx, o, "grant\x00"+key, func(ctx context.Context) (*azatauth.Grant, error) {
+		var (
+			out  *azatauth.Grant
+			gone bool
+		)
+		// A refreshed grant that could not be stored holds the live refresh
+		// token (the provider may have rotated it): it wins over storage.
+		pending, _ := o.rt.unstored.get(key)
+		_, err := o.azat.Grants().Update(ctx, key, func(cur *azatauth.Grant) (*azatauth.Grant, error) {
+			if pending != nil && cur != nil && !cur.Usable() {
+				// Ended meanwhile (logout, back-channel logout, invalid_grant,
+				// perhaps on another instance): the grant kept in memory ends too.
+				pending = nil
+				o.rt.unstored.forget(key)
+			}
+			if pending != nil {
+				// Tokens from memory, the jti window from storage (mints and
+				// revocations may have happened since).
+				merged := pending.Clone()
+				if cur != nil {
+					merged.MinJTI, merged.MaxJTI = cur.MinJTI, cur.MaxJTI
+				}
+				cur = merged
+			}
+			if !cur.Usable() {
+				gone = true
+				return nil, nil
+			}
+			if o.fresh(cur.AccessToken, cur.Expiry, stale, force, time.Now()) {
+				out = cur
+				if pending != nil {
+					return cur, nil // store it now
+				}
+				return nil, nil // another request or instance refreshed it
+			}
+			cur = cur.Clone()
+			ns, err := o.refreshAtIdP(ctx, p, grantSession(cur))
+			if errors.Is(err, errGrantGone) {
+				gone = true
+				return cur.Tombstone(), nil // revokes every AZAT and ends pending device approvals
+			}
+			if err != nil {
+				return nil, err
+			}
+			cur.AccessToken, cur.TokenType, cur.Expiry = ns.AccessToken, ns.TokenType, ns.Expiry
+			cur.RefreshToken, cur.IDToken, cur.Claims = ns.RefreshToken, ns.IDToken, ns.Identity.Claims
+			out = cur
+			return cur, nil
+		})
+		if err != nil {
+			if !errors.Is(err, errIdPUnavailable) {
+				count(o.rt.m.storeErrors, "grant")
+				if out != nil {
+					// Refreshed but not stored: keep it, a later request stores it.
+					o.logger.Error("storing the refreshed grant failed; kept in memory", errField(err))
+					o.rt.unstored.put(key, out, unstoredTTL)
+					return out, nil
+				}
+				o.logger.Error("grant store failed during refresh", errField(err))
+			}
+			return nil, errIdPUnavailable
 		}
-		return res.Val.(*session), nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
+		if pending != nil {
+			o.rt.unstored.drop(key, pending)
+		}
+		if gone {
+			return nil, errGrantGone
+		}
+		return out, nil
+	})
+}
+
+// grantSession views a grant as a session for refreshAtIdP.
+func grantSession(g *azatauth.Grant) *session {
+	id := &identity{Claims: g.Claims}
+	id.Issuer, _ = g.Claims["iss"].(string)
+	id.Subject, _ = g.Claims["sub"].(string)
+	return &session{ID: g.Key, AccessToken: g.AccessToken, TokenType: g.TokenType, RefreshToken: g.RefreshToken,
+		IDToken: g.IDToken, Expiry: g.Expiry, Identity: id}
+}
+
+// sessionFromGrant refreshes a grant-backed session through its grant.
+func (o *OIDC) sessionFromGrant(ctx context.Context, p *provider, s *session, force bool) (*session, error) {
+	g, err := o.refreshGrant(ctx, p, s.GrantKey, s.AccessToken, force)
+	if err != nil {
+		return nil, err
 	}
+	ns := *s
+	ns.AccessToken, ns.TokenType, ns.Expiry, ns.IDToken = g.AccessToken, g.TokenType, g.Expiry, g.IDToken
+	ns.Identity = newIdentity(g.Claims, o.RolesClaim, idp.UnverifiedClaims(g.AccessToken))
+	return ns.labelIdentity(), nil
 }
 
 // refreshAtIdP spends s's refresh token at the token endpoint and verifies
@@ -139,4 +297,67 @@ func (o *OIDC) refreshAtIdP(ctx context.Context, p *provider, s *session) (*sess
 	}
 	o.logger.Debug("refreshed", zap.String("sub", s.Identity.Subject), zap.Duration("took", time.Since(start)))
 	return ns.labelIdentity(), nil
+}
+
+const (
+	// recentRefreshTTL: how long the result of a session's refresh serves
+	// requests still carrying the old cookie.
+	recentRefreshTTL = time.Minute
+	// unstoredTTL keeps a refreshed session or grant that could not be
+	// written to storage.
+	unstoredTTL = 24 * time.Hour
+)
+
+// recentResults remembers refresh results by key until their expiry
+// (expired entries go at the next put).
+type recentResults[T comparable] struct {
+	mu sync.Mutex
+	m  map[string]recentEntry[T]
+}
+
+type recentEntry[T comparable] struct {
+	v   T
+	exp time.Time
+}
+
+func (c *recentResults[T]) get(key string) (T, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[key]
+	if !ok || time.Now().After(e.exp) {
+		var zero T
+		return zero, false
+	}
+	return e.v, true
+}
+
+func (c *recentResults[T]) put(key string, v T, ttl time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	for k, e := range c.m {
+		if now.After(e.exp) {
+			delete(c.m, k)
+		}
+	}
+	if c.m == nil {
+		c.m = map[string]recentEntry[T]{}
+	}
+	c.m[key] = recentEntry[T]{v: v, exp: now.Add(ttl)}
+}
+
+// drop forgets key's result if it is still v (it was stored).
+func (c *recentResults[T]) drop(key string, v T) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.m[key]; ok && e.v == v {
+		delete(c.m, key)
+	}
+}
+
+// forget forgets key's result, whatever it is (the record ended).
+func (c *recentResults[T]) forget(key string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, key)
 }

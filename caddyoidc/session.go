@@ -64,22 +64,8 @@ func (s *session) expiry() time.Time {
 	return time.Unix(s.Expiry, 0)
 }
 
-// needsRefresh tells whether the access token is missing, expired or
-// expires within before.
-func (s *session) needsRefresh(now time.Time, before time.Duration) bool {
-	if s.AccessToken == "" {
-		return true
-	}
-	if s.Expiry == 0 {
-		return false
-	}
-	return now.Add(before).After(s.expiry())
-}
-
 // usable tells whether the access token can still be sent upstream.
-func (s *session) usable(now time.Time) bool {
-	return s.AccessToken != "" && (s.Expiry == 0 || now.Before(s.expiry()))
-}
+func (s *session) usable(now time.Time) bool { return tokenUsable(s.AccessToken, s.Expiry, now) }
 
 // labelIdentity marks the identity as coming from this session. Called once
 // when a session is built or decoded: sessions are shared read-only between
