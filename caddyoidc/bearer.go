@@ -3,8 +3,6 @@ package caddyoidc
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -83,193 +81,29 @@ func (o *OIDC) verifyBearerUncached(ctx context.Context, p *provider, tok string
 	return id, nil
 }
 
-// verifyJWTAccessToken checks signature (alg pinned to the provider's keys),
-// iss, exp, nbf, and that aud names this API: tokens issued for other
-// clients or APIs of the same provider are refused. Tokens of another kind
-// are refused too (tokenKind): typed JWTs (logout, ID, AZAT, security
-// event), tokens with an events claim, and ID-token-shaped ones unless
-// bearer_id_token_shaped accepts them.
+// verifyJWTAccessToken verifies a JWT access token with the provider's keys
+// (idp.Client.VerifyAccessToken: signature, typ, iss, aud, times, token
+// kind) and builds its identity, cacheable until the returned time.
 func (o *OIDC) verifyJWTAccessToken(ctx context.Context, p *provider, tok string) (*identity, time.Time, error) {
-	// The header's typ is read before the signature is checked, so that a
-	// typed token of another kind (an AZAT of another site) does not cause
-	// a JWKS fetch; it only ever refuses.
-	rules := o.tokenRules()
-	if err := rules.checkTyp(peekTyp(tok)); err != nil {
-		return nil, time.Time{}, err
-	}
-	hdr, payload, err := p.Keys().VerifyJWS(ctx, tok, p.Algs())
+	claims, exp, err := p.VerifyAccessToken(ctx, tok, o.accessTokenCheck())
 	if err != nil {
 		return nil, time.Time{}, err
-	}
-	if err := rules.checkTyp(hdr.Typ); err != nil {
-		return nil, time.Time{}, err
-	}
-	var claims map[string]any
-	if err := json.Unmarshal(payload, &claims); err != nil {
-		return nil, time.Time{}, idp.ErrMalformedJWS
-	}
-	if err := rules.checkMarkers(claims); err != nil {
-		return nil, time.Time{}, err
-	}
-	exp, err := checkTimes(claims, time.Now())
-	if err != nil {
-		return nil, time.Time{}, err
-	}
-	if iss, _ := claims["iss"].(string); iss != p.Metadata().Issuer {
-		return nil, time.Time{}, fmt.Errorf("token issued by %q, not the provider", printable(iss, 100))
-	}
-	if !idp.AudienceMatches(claims["aud"], o.rt.audience) {
-		return nil, time.Time{}, fmt.Errorf("token audience %v is not this API", claims["aud"])
-	}
-	if err := rules.checkIDShape(claims); err != nil {
-		return nil, time.Time{}, err
-	}
-	if sub, _ := claims["sub"].(string); sub == "" {
-		return nil, time.Time{}, errors.New("token has no sub")
 	}
 	id := newIdentity(claims, o.RolesClaim, nil)
 	id.Source = "bearer"
 	return id, p.Keys().CacheUntil(exp), nil // re-verified after a JWKS refetch
 }
 
-// isIDToken recognises an ID token presented as an access token by the
-// claims only ID tokens carry (idTokenMarker).
-func isIDToken(claims map[string]any) bool { return idTokenMarker(claims) != "" }
-
-// idTokenMarker names the claim that marks claims as an ID token's (OpenID
-// Connect Core 1.0 §2, §3.1.3.6, §3.3.2.11: nonce, at_hash, c_hash), or
-// `typ "ID"` (Keycloak's typ claim), or "" when none does.
-func idTokenMarker(claims map[string]any) string {
-	for _, k := range []string{"nonce", "at_hash", "c_hash"} {
-		if _, ok := claims[k]; ok {
-			return k
-		}
-	}
-	if claims["typ"] == "ID" {
-		return `typ "ID"`
-	}
-	return ""
+// accessTokenCheck is this handler's policy for JWT access tokens: aud
+// names this API (audience), require_typ, bearer_id_token_shaped.
+func (o *OIDC) accessTokenCheck() idp.AccessTokenCheck {
+	return idp.AccessTokenCheck{Audiences: o.rt.audience, RequireTyp: o.RequireTyp,
+		AcceptIDShaped: o.BearerIDTokenShaped == "accept", ClientID: o.rt.clientID}
 }
 
-// checkTimes checks exp (required, in the future), nbf and iat (not in the
-// future beyond idp.MaxClockSkew) and returns the expiry.
-func checkTimes(claims map[string]any, now time.Time) (time.Time, error) {
-	expF, ok := claims["exp"].(float64)
-	if !ok {
-		return time.Time{}, errors.New("token has no exp")
-	}
-	exp := time.Unix(int64(expF), 0)
-	if !now.Before(exp) {
-		return time.Time{}, errors.New("token expired")
-	}
-	for _, k := range []string{"nbf", "iat"} {
-		if v, ok := claims[k].(float64); ok && now.Add(idp.MaxClockSkew).Before(time.Unix(int64(v), 0)) {
-			return time.Time{}, fmt.Errorf("token %s is in the future", k)
-		}
-	}
-	return exp, nil
-}
-
-// refusedTyps are JOSE typ values (normalized, see normalizeTyp) of JWTs
-// that are never access tokens (RFC 8725 §3.11 explicit typing), with what
-// they are.
-var refusedTyps = map[string]string{
-	"logout+jwt":   "a back-channel logout token",
-	"id_token+jwt": "an ID token",
-	"azat+jwt":     "an AZAT",
-	"secevent+jwt": "a security event token",
-	"dpop+jwt":     "a DPoP proof",
-}
-
-// normalizeTyp makes a JOSE typ comparable: media types are compared
-// case-insensitively and `application/` may be left out (RFC 7515 §4.1.9).
-func normalizeTyp(typ string) string {
-	t := strings.ToLower(strings.TrimSpace(typ))
-	return strings.TrimPrefix(t, "application/")
-}
-
-// peekTyp returns the typ of a compact JWS header without verifying
-// anything ("" when there is none or the header does not parse, which the
-// verification then refuses).
-func peekTyp(tok string) string {
-	dot := strings.IndexByte(tok, '.')
-	if dot < 0 {
-		return ""
-	}
-	b, err := base64.RawURLEncoding.DecodeString(tok[:dot])
-	if err != nil {
-		return ""
-	}
-	var h struct {
-		Typ string `json:"typ"`
-	}
-	if json.Unmarshal(b, &h) != nil {
-		return ""
-	}
-	return h.Typ
-}
-
-// tokenRules tell bearer access tokens from the other JWTs a provider signs
-// with the same keys (ID tokens, logout tokens) and from this proxy's own.
-type tokenRules struct {
-	requireTyp     string // normalized require_typ; "" accepts any typ not refused
-	acceptIDShaped bool   // bearer_id_token_shaped accept
-	clientID       string
-}
-
-func (o *OIDC) tokenRules() tokenRules {
-	return tokenRules{requireTyp: normalizeTyp(o.RequireTyp), acceptIDShaped: o.BearerIDTokenShaped == "accept",
-		clientID: o.rt.clientID}
-}
-
-// checkTyp refuses a header typ of another kind of token, and with
-// require_typ any other typ.
-func (r tokenRules) checkTyp(typ string) error {
-	t := normalizeTyp(typ)
-	if kind, ok := refusedTyps[t]; ok {
-		return fmt.Errorf("token typ %q marks %s, not an access token", printable(typ, 40), kind)
-	}
-	if r.requireTyp != "" && t != r.requireTyp {
-		return fmt.Errorf("token typ %q is not %q (require_typ)", printable(typ, 40), r.requireTyp)
-	}
-	return nil
-}
-
-// keycloakTyps are values of Keycloak's typ claim of tokens that are not
-// access tokens (its access tokens say "Bearer").
-var keycloakTyps = map[string]bool{"id": true, "refresh": true, "offline": true, "logout": true}
-
-// checkMarkers refuses claims that mark another kind of token whatever the
-// options: an events claim (logout tokens, security event tokens, RFC 8417)
-// and Keycloak's typ claim of ID, refresh and logout tokens.
-func (r tokenRules) checkMarkers(claims map[string]any) error {
-	if _, ok := claims["events"]; ok {
-		return errors.New(`token has an "events" claim: a logout or security event token is not an access token`)
-	}
-	if t, ok := claims["typ"].(string); ok && keycloakTyps[strings.ToLower(t)] {
-		return fmt.Errorf("token claim typ %q: not an access token", printable(t, 40))
-	}
-	return nil
-}
-
-// checkIDShape refuses a token carrying an ID token's claims (nonce,
-// at_hash, c_hash), naming the claim. With bearer_id_token_shaped accept
-// (providers such as dex build access tokens like ID tokens), such a token
-// is accepted when its aud contains the client_id; the caller has checked
-// that the provider issued it.
-func (r tokenRules) checkIDShape(claims map[string]any) error {
-	m := idTokenMarker(claims)
-	if m == "" {
-		return nil
-	}
-	if !r.acceptIDShaped {
-		return fmt.Errorf("token carries %s: an ID token is not an access token (bearer_id_token_shaped accept takes such tokens)", m)
-	}
-	if !idp.AudienceMatches(claims["aud"], []string{r.clientID}) {
-		return fmt.Errorf("token carries %s and its aud is not the client_id", m)
-	}
-	return nil
-}
+// idTokenMarker names the claim that marks claims as an ID token's, or ""
+// (idp.IDTokenMarker).
+func idTokenMarker(claims map[string]any) string { return idp.IDTokenMarker(claims) }
 
 // validateBearer checks the bearer token options.
 func (o *OIDC) validateBearer() error {
@@ -278,11 +112,8 @@ func (o *OIDC) validateBearer() error {
 	default:
 		return fmt.Errorf("oidc: bearer_id_token_shaped must be refuse or accept, not %q", o.BearerIDTokenShaped)
 	}
-	if o.RequireTyp != "" {
-		t := normalizeTyp(o.RequireTyp)
-		if _, bad := refusedTyps[t]; bad || t == "" || printable(t, 100) != t {
-			return fmt.Errorf("oidc: require_typ %q cannot be an access token's typ", o.RequireTyp)
-		}
+	if o.RequireTyp != "" && !idp.ValidRequireTyp(o.RequireTyp) {
+		return fmt.Errorf("oidc: require_typ %q cannot be an access token's typ", o.RequireTyp)
 	}
 	if o.MintFromBearer && o.AZAT == nil {
 		return errors.New("oidc: mint_from_bearer needs azat")

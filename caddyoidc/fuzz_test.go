@@ -758,13 +758,13 @@ func FuzzBearerHeader(f *testing.F) {
 			var claims map[string]any
 			if b, err := base64.RawURLEncoding.DecodeString(payload); err == nil && json.Unmarshal(b, &claims) == nil {
 				_, hasNonce := claims["nonce"]
-				if hasNonce && !isIDToken(claims) {
+				if hasNonce && idTokenMarker(claims) == "" {
 					t.Fatal("token with a nonce not taken for an ID token")
 				}
 			}
 		}
-		if isIDToken(map[string]any{"typ": auth}) != (auth == "ID") {
-			t.Fatal("isIDToken typ")
+		if (idTokenMarker(map[string]any{"typ": auth}) != "") != (auth == "ID") {
+			t.Fatal("idTokenMarker typ")
 		}
 
 		for _, v := range []any{auth, host, []any{auth, host, 1.5, nil}, map[string]any{auth: host}} {

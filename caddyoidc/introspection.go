@@ -164,7 +164,7 @@ func checkAccessTokenType(claims map[string]any) error {
 			return fmt.Errorf("introspection: token_use %q is not an access token", printable(fmt.Sprint(v), 60))
 		}
 	}
-	if t, ok := claims["typ"].(string); ok && keycloakTyps[strings.ToLower(t)] {
+	if t, ok := claims["typ"].(string); ok && idp.NonAccessTypClaim(t) {
 		return fmt.Errorf("introspection: typ %q is not an access token", printable(t, 40))
 	}
 	return nil

@@ -100,52 +100,6 @@ func TestIntrospectionCacheUntil(t *testing.T) {
 	}
 }
 
-func TestTokenKindRules(t *testing.T) {
-	for _, tt := range []struct {
-		typ, require string
-		ok           bool
-	}{
-		{"", "", true}, {"JWT", "", true}, {"at+jwt", "", true},
-		{"logout+jwt", "", false}, {"application/logout+jwt", "", false}, {" Application/LOGOUT+JWT ", "", false},
-		{"id_token+jwt", "", false}, {"azat+jwt", "", false}, {"secevent+jwt", "", false}, {"dpop+jwt", "", false},
-		{"at+jwt", "at+jwt", true}, {"application/at+JWT", "at+jwt", true}, {"JWT", "at+jwt", false}, {"", "at+jwt", false},
-		{"logout+jwt", "at+jwt", false},
-	} {
-		r := tokenRules{requireTyp: normalizeTyp(tt.require), clientID: "web"}
-		if err := r.checkTyp(tt.typ); (err == nil) != tt.ok {
-			t.Errorf("checkTyp(%q, require %q) = %v", tt.typ, tt.require, err)
-		}
-	}
-	loose := tokenRules{acceptIDShaped: true, clientID: "web"}
-	for _, tt := range []struct {
-		claims       map[string]any
-		strict, lose string // "" when accepted, else a word of the error
-	}{
-		{map[string]any{"sub": "a"}, "", ""},
-		{map[string]any{"nonce": "n", "aud": "web"}, "nonce", ""},
-		{map[string]any{"at_hash": "h", "aud": []any{"api", "web"}}, "at_hash", ""},
-		{map[string]any{"c_hash": "h", "aud": "api"}, "c_hash", "client_id"},
-	} {
-		for _, c := range []struct {
-			r    tokenRules
-			want string
-		}{{tokenRules{clientID: "web"}, tt.strict}, {loose, tt.lose}} {
-			err := c.r.checkIDShape(tt.claims)
-			if (err == nil) != (c.want == "") || err != nil && !strings.Contains(err.Error(), c.want) {
-				t.Errorf("checkIDShape(%v, accept %v) = %v, want %q", tt.claims, c.r.acceptIDShaped, err, c.want)
-			}
-		}
-	}
-	for _, claims := range []map[string]any{{"events": map[string]any{}}, {"typ": "Logout"}, {"typ": "refresh"}, {"typ": "ID"}} {
-		if loose.checkMarkers(claims) == nil {
-			t.Errorf("checkMarkers(%v) accepted", claims)
-		}
-	}
-	if loose.checkMarkers(map[string]any{"typ": "Bearer"}) != nil {
-		t.Error("Keycloak access token refused")
-	}
-}
-
 func TestBearerOptionsValidate(t *testing.T) {
 	base := func() *OIDC {
 		return &OIDC{Provider: Provider{Issuer: "https://op.example", ClientID: "web", Scopes: []string{"openid"}}, Session: "cookie"}
