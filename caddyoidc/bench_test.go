@@ -58,12 +58,8 @@ func newBenchEnv() (*benchEnv, error) {
 	o := &OIDC{Provider: Provider{Issuer: op.Issuer, ClientID: testop.WebClientID, ClientSecret: testop.WebClientSecret, Scopes: []string{"openid", "profile", "email", "offline_access"}},
 		CookieSecret: strings.Repeat("s", 32),
 		AZAT:         &azatauth.Config{Issuer: "https://proxy.example"}}
-	dir, err := makeTempDir()
-	if err != nil {
-		return nil, err
-	}
 	ctx := context.Background()
-	if err := o.provision(ctx, zap.NewNop(), &certmagic.FileStorage{Path: dir}); err != nil {
+	if err := provisionBench(ctx, o); err != nil {
 		return nil, err
 	}
 	p := o.rt.disc.Get(ctx)
@@ -71,10 +67,6 @@ func newBenchEnv() (*benchEnv, error) {
 		return nil, errNoProvider
 	}
 	cc, err := op.ClientCredentialsToken(ctx, testop.AudienceScopePrefix+testop.WebClientID)
-	if err != nil {
-		return nil, err
-	}
-	user, _, err := o.verifyJWTAccessToken(ctx, p, cc.AccessToken)
 	if err != nil {
 		return nil, err
 	}
@@ -87,17 +79,39 @@ func newBenchEnv() (*benchEnv, error) {
 		Created: now.Unix(), Identity: newIdentity(claims, o.RolesClaim, nil)}
 	env := &benchEnv{op: op, o: o, p: p, bearer: cc.AccessToken,
 		cookie: o.rt.sealer.Seal(encodeSession(s), o.rt.sessions.purpose())}
-	key := grantKey(user)
-	if err := o.azat.Grants().Put(ctx, &azatauth.Grant{Key: key, AccessToken: cc.AccessToken,
-		Expiry: now.Add(time.Hour).Unix(), RefreshToken: "rt", Claims: claims}); err != nil {
+	if env.azat, err = mintBenchAZAT(ctx, o, p, cc.AccessToken, claims); err != nil {
 		return nil, err
+	}
+	return env, nil
+}
+
+// provisionBench provisions o on file storage in a new temporary folder.
+func provisionBench(ctx context.Context, o *OIDC) error {
+	dir, err := makeTempDir()
+	if err != nil {
+		return err
+	}
+	return o.provision(ctx, zap.NewNop(), &certmagic.FileStorage{Path: dir})
+}
+
+// mintBenchAZAT stores an hour's grant of bearer (a provider JWT that o
+// verifies against p) with claims for its user, and mints an AZAT for
+// https://proxy.example from it.
+func mintBenchAZAT(ctx context.Context, o *OIDC, p *provider, bearer string, claims map[string]any) (string, error) {
+	user, _, err := o.verifyJWTAccessToken(ctx, p, bearer)
+	if err != nil {
+		return "", err
+	}
+	key := grantKey(user)
+	if err := o.azat.Grants().Put(ctx, &azatauth.Grant{Key: key, AccessToken: bearer,
+		Expiry: time.Now().Add(time.Hour).Unix(), RefreshToken: "rt", Claims: claims}); err != nil {
+		return "", err
 	}
 	m, err := o.azat.Mint(ctx, key, "https://proxy.example")
 	if err != nil {
-		return nil, err
+		return "", err
 	}
-	env.azat = m.Token
-	return env, nil
+	return m.Token, nil
 }
 
 var nop = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
@@ -431,12 +445,8 @@ func newBench3Env(e *benchEnv) (*bench3Env, error) {
 		ClientSecret: testop.WebClientSecret, Scopes: []string{"openid", "profile", "email", "offline_access"}})
 	o := &OIDC{Providers: provs, Site: "proxy.example", CookieSecret: strings.Repeat("s", 32),
 		AZAT: &azatauth.Config{Issuer: "https://proxy.example"}}
-	dir, err := makeTempDir()
-	if err != nil {
-		return nil, err
-	}
 	ctx := context.Background()
-	if err := o.provision(ctx, zap.NewNop(), &certmagic.FileStorage{Path: dir}); err != nil {
+	if err := provisionBench(ctx, o); err != nil {
 		return nil, err
 	}
 	main := o.providers.byName["main"]
@@ -451,21 +461,10 @@ func newBench3Env(e *benchEnv) (*bench3Env, error) {
 	}
 	env := &bench3Env{o: o, main: main, bearer: e.bearer, cookieName: chunkName(main.CookieName, 0),
 		cookie: main.rt.sealer.Seal(encodeSession(s), main.rt.sessions.purpose())}
-	user, _, err := main.verifyJWTAccessToken(ctx, main.rt.disc.Get(ctx), e.bearer)
-	if err != nil {
-		return nil, err
-	}
-	key := grantKey(user)
 	claims := map[string]any{"iss": e.op.Issuer, "sub": "id1"}
-	if err := main.azat.Grants().Put(ctx, &azatauth.Grant{Key: key, AccessToken: e.bearer,
-		Expiry: time.Now().Add(time.Hour).Unix(), RefreshToken: "rt", Claims: claims}); err != nil {
+	if env.azat, err = mintBenchAZAT(ctx, main, main.rt.disc.Get(ctx), e.bearer, claims); err != nil {
 		return nil, err
 	}
-	m, err := main.azat.Mint(ctx, key, "https://proxy.example")
-	if err != nil {
-		return nil, err
-	}
-	env.azat = m.Token
 	return env, nil
 }
 

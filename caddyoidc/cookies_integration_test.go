@@ -11,8 +11,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/caddyserver/caddy/v2"
-
 	"github.com/caddy-oidc/caddy-oidc/internal/testop"
 )
 
@@ -91,35 +89,12 @@ func startTossSite(t *testing.T) *tossSite {
 	op := startOP(t, testop.Options{Clients: []testop.Client{{ID: "toss", Secret: "toss-secret",
 		RedirectURIGlobs: []string{"http://app.example.test:*/**"}}}})
 	up := newUpstream(t)
-	port := freePort(t)
-	cf := fmt.Sprintf(`{
-	admin off
-	persist_config off
-	auto_https off
-	storage file_system %s
-	log {
-		output stderr
-		level ERROR
-	}
-}
-http://app.example.test:%d {
-	oidc {
+	site := startCaddyAt(t, fmt.Sprintf("app.example.test:%d", freePort(t)), fmt.Sprintf(`oidc {
 		issuer %s
 		client_id toss
 		client_secret toss-secret
-	}
-	reverse_proxy %s
-}
-`, t.TempDir(), port, op.Issuer, strings.TrimPrefix(up.URL, "http://"))
-	cfg, _, err := caddyconfigAdapt(cf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := caddy.Load(cfg, true); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = caddy.Stop() })
-	return &tossSite{URL: fmt.Sprintf("http://app.example.test:%d", port), op: op, up: up}
+	}`, op.Issuer), up, "")
+	return &tossSite{URL: site.URL, op: op, up: up}
 }
 
 // browser is a client whose jar keeps Domain cookies of example.test.

@@ -85,6 +85,14 @@ func startCaddy(t *testing.T, oidcBlock string, up *upstream, storageDir string)
 // redirect URIs must match exactly needs the port first).
 func startCaddyOn(t *testing.T, port int, oidcBlock string, up *upstream, storageDir string) *caddyInstance {
 	t.Helper()
+	return startCaddyAt(t, fmt.Sprintf("127.0.0.1:%d", port), oidcBlock, up, storageDir)
+}
+
+// startCaddyAt is startCaddy for the site http://hostPort (a host name
+// other than 127.0.0.1 needs a client that resolves it to the loopback
+// address).
+func startCaddyAt(t *testing.T, hostPort, oidcBlock string, up *upstream, storageDir string) *caddyInstance {
+	t.Helper()
 	if storageDir == "" {
 		storageDir = t.TempDir()
 	}
@@ -98,11 +106,11 @@ func startCaddyOn(t *testing.T, port int, oidcBlock string, up *upstream, storag
 		level ERROR
 	}
 }
-http://127.0.0.1:%d {
+http://%s {
 	%s
 	reverse_proxy %s
 }
-`, storageDir, port, oidcBlock, strings.TrimPrefix(up.URL, "http://"))
+`, storageDir, hostPort, oidcBlock, strings.TrimPrefix(up.URL, "http://"))
 	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
 	if err != nil {
 		t.Fatalf("adapt: %v\n%s", err, cf)
@@ -111,7 +119,7 @@ http://127.0.0.1:%d {
 		t.Fatalf("load: %v", err)
 	}
 	t.Cleanup(func() { _ = caddy.Stop() })
-	return &caddyInstance{URL: fmt.Sprintf("http://127.0.0.1:%d", port), Storage: storageDir}
+	return &caddyInstance{URL: "http://" + hostPort, Storage: storageDir}
 }
 
 // browser is an HTTP client with a cookie jar that does not follow redirects.

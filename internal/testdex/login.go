@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"html"
-	"io"
 	"net/http"
-	"net/http/cookiejar"
 	"net/url"
 	"regexp"
 	"strings"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/testlogin"
 )
 
 // ErrInvalidCredentials: dex showed its login form again with "Invalid Email
@@ -40,101 +40,41 @@ func (d *Dex) LoginAndGetCallback(ctx context.Context, authorizeURL string) (cal
 // wrapping ErrInvalidCredentials; a dex error page (unknown client,
 // redirect_uri not registered, unknown scope, ...) an error with its message.
 func (d *Dex) Login(ctx context.Context, client *http.Client, startURL, username, password string) (callbackURL string, err error) {
-	var c http.Client
-	if client != nil {
-		c = *client
-	}
-	if c.Jar == nil {
-		if c.Jar, err = cookiejar.New(nil); err != nil {
-			return "", err
-		}
-	}
-	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-
-	issuer, err := url.Parse(d.issuer)
-	if err != nil {
-		return "", err
-	}
-	cur, err := url.Parse(startURL)
-	if err != nil {
-		return "", err
-	}
-	var form url.Values
-	visited := false
 	submittedPassword := false
-	for range 20 {
-		onDex := cur.Scheme == issuer.Scheme && cur.Host == issuer.Host
-		if !onDex && visited {
-			if q := cur.Query(); q.Get("error") != "" {
-				return cur.String(), fmt.Errorf("testdex: login: dex redirected with error %q: %s", q.Get("error"), q.Get("error_description"))
-			}
-			return cur.String(), nil
-		}
-		visited = visited || onDex
-
-		var req *http.Request
-		if form != nil {
-			req, err = http.NewRequestWithContext(ctx, http.MethodPost, cur.String(), strings.NewReader(form.Encode()))
-			if req != nil {
-				req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-			}
-		} else {
-			req, err = http.NewRequestWithContext(ctx, http.MethodGet, cur.String(), nil)
-		}
-		if err != nil {
-			return "", err
-		}
-		posted := form != nil
-		form = nil
-		resp, err := c.Do(req)
-		if err != nil {
-			return "", fmt.Errorf("testdex: login: %w", err)
-		}
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		resp.Body.Close()
-
-		if resp.StatusCode >= 300 && resp.StatusCode < 400 {
-			loc, err := resp.Location()
-			if err != nil {
-				return "", fmt.Errorf("testdex: login: %s %s: %d without usable Location: %v", req.Method, cur, resp.StatusCode, err)
-			}
-			cur = loc
-			continue
-		}
-		page := string(body)
+	w := testlogin.Walker{Prefix: "testdex: login", Provider: "dex", Issuer: d.issuer, Client: client}
+	w.Page = func(p testlogin.Page) (*url.URL, url.Values, error) {
+		page := string(p.Body)
 		switch {
-		case onDex && posted && submittedPassword && strings.Contains(page, `id="login-error"`):
-			return "", fmt.Errorf("testdex: login: %s as %q: %w (status %d)", cur.Path, username, ErrInvalidCredentials, resp.StatusCode)
-		case onDex && resp.StatusCode == http.StatusOK && !posted && strings.Contains(page, `name="login"`):
+		case p.OnProvider && p.Posted() && submittedPassword && strings.Contains(page, `id="login-error"`):
+			return nil, nil, fmt.Errorf("testdex: login: %s as %q: %w (status %d)", p.URL.Path, username, ErrInvalidCredentials, p.Status)
+		case p.OnProvider && p.Status == http.StatusOK && !p.Posted() && strings.Contains(page, `name="login"`):
 			f, ok := firstForm(page)
 			if !ok {
-				return "", fmt.Errorf("testdex: login: no form in dex's login page %s", cur)
+				return nil, nil, fmt.Errorf("testdex: login: no form in dex's login page %s", p.URL)
 			}
-			target, err := cur.Parse(f.action)
+			target, err := p.URL.Parse(f.action)
 			if err != nil {
-				return "", fmt.Errorf("testdex: login: form action %q: %v", f.action, err)
+				return nil, nil, fmt.Errorf("testdex: login: form action %q: %v", f.action, err)
 			}
-			form = f.fields
-			form.Set("login", username)
-			form.Set("password", password)
-			cur = target
+			f.fields.Set("login", username)
+			f.fields.Set("password", password)
 			submittedPassword = true
-		case onDex && resp.StatusCode == http.StatusOK && !posted && strings.Contains(page, `name="approval"`):
+			return target, f.fields, nil
+		case p.OnProvider && p.Status == http.StatusOK && !p.Posted() && strings.Contains(page, `name="approval"`):
 			f, ok := firstForm(page)
 			if !ok || f.fields.Get("approval") != "approve" {
-				return "", fmt.Errorf("testdex: login: no approve form in dex's approval page %s", cur)
+				return nil, nil, fmt.Errorf("testdex: login: no approve form in dex's approval page %s", p.URL)
 			}
-			target, err := cur.Parse(f.action) // no action: the page's own URL (with req and hmac)
+			target, err := p.URL.Parse(f.action) // no action: the page's own URL (with req and hmac)
 			if err != nil {
-				return "", fmt.Errorf("testdex: login: form action %q: %v", f.action, err)
+				return nil, nil, fmt.Errorf("testdex: login: form action %q: %v", f.action, err)
 			}
-			form = f.fields
-			cur = target
+			return target, f.fields, nil
 		default:
-			return "", fmt.Errorf("testdex: login: %s %s: status %d: %s", req.Method, cur, resp.StatusCode, pageMessage(page))
+			return nil, nil, fmt.Errorf("testdex: login: %s %s: status %d: %s", p.Method, p.URL, p.Status, pageMessage(page))
 		}
 	}
-	return "", errors.New("testdex: login: too many redirects")
+	return w.Walk(ctx, startURL)
 }
 
 type htmlForm struct {

@@ -3,19 +3,19 @@ package testop
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"html"
 	"html/template"
 	"io"
 	"net/http"
-	"net/http/cookiejar"
 	"net/url"
 	"regexp"
 	"strings"
 	"time"
 
 	"github.com/zitadel/oidc/v3/pkg/op"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/testlogin"
 )
 
 // ServeHTTP counts requests, applies the injected faults and hands the request
@@ -220,85 +220,28 @@ func (o *OP) LoginAndGetCallback(ctx context.Context, authorizeURL string) (call
 // is returned together with a non-nil error. A rejected password yields an
 // error mentioning "username or password wrong".
 func (o *OP) Login(ctx context.Context, client *http.Client, startURL, username, password string) (callbackURL string, err error) {
-	var c http.Client
-	if client != nil {
-		c = *client
-	}
-	if c.Jar == nil {
-		if c.Jar, err = cookiejar.New(nil); err != nil {
-			return "", err
-		}
-	}
-	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-
-	issuer, err := url.Parse(o.Issuer)
-	if err != nil {
-		return "", err
-	}
-	cur, err := url.Parse(startURL)
-	if err != nil {
-		return "", err
-	}
-	var form url.Values
-	visitedOP := false
-	for range 20 {
-		onOP := cur.Scheme == issuer.Scheme && cur.Host == issuer.Host
-		if !onOP && visitedOP {
-			if q := cur.Query(); q.Get("error") != "" {
-				return cur.String(), fmt.Errorf("testop: login: OP redirected with error %q: %s", q.Get("error"), q.Get("error_description"))
-			}
-			return cur.String(), nil
-		}
-		visitedOP = visitedOP || onOP
-
-		var req *http.Request
-		if form != nil {
-			req, err = http.NewRequestWithContext(ctx, http.MethodPost, cur.String(), strings.NewReader(form.Encode()))
-			if req != nil {
-				req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-			}
-		} else {
-			req, err = http.NewRequestWithContext(ctx, http.MethodGet, cur.String(), nil)
-		}
-		if err != nil {
-			return "", err
-		}
-		form = nil
-		resp, err := c.Do(req)
-		if err != nil {
-			return "", fmt.Errorf("testop: login: %w", err)
-		}
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		resp.Body.Close()
-
-		switch {
-		case resp.StatusCode >= 300 && resp.StatusCode < 400:
-			loc, err := resp.Location()
-			if err != nil {
-				return "", fmt.Errorf("testop: login: %s %s: %d without usable Location: %v", req.Method, cur, resp.StatusCode, err)
-			}
-			cur = loc
-		case resp.StatusCode == http.StatusOK && onOP && cur.Path == PathLogin && req.Method == http.MethodGet:
-			m := hiddenIDRe.FindSubmatch(body)
+	w := testlogin.Walker{Prefix: "testop: login", Provider: "OP", Issuer: o.Issuer, Client: client}
+	w.Page = func(p testlogin.Page) (*url.URL, url.Values, error) {
+		if p.Status == http.StatusOK && p.OnProvider && p.URL.Path == PathLogin && !p.Posted() {
+			m := hiddenIDRe.FindSubmatch(p.Body)
 			if m == nil {
-				return "", fmt.Errorf("testop: login: no auth request id in login page %s", cur)
+				return nil, nil, fmt.Errorf("testop: login: no auth request id in login page %s", p.URL)
 			}
-			form = url.Values{
+			form := url.Values{
 				"id":       {html.UnescapeString(string(m[1]))},
 				"username": {username},
 				"password": {password},
 			}
-			cur = cur.ResolveReference(&url.URL{Path: PathLogin})
-		default:
-			msg := strings.TrimSpace(string(body))
-			if m := loginErrRe.FindSubmatch(body); m != nil {
-				msg = html.UnescapeString(string(m[1]))
-			}
-			if len(msg) > 500 {
-				msg = msg[:500] + "..."
-			}
-			return "", fmt.Errorf("testop: login: %s %s: status %d: %s", req.Method, cur, resp.StatusCode, msg)
+			return p.URL.ResolveReference(&url.URL{Path: PathLogin}), form, nil
 		}
+		msg := strings.TrimSpace(string(p.Body))
+		if m := loginErrRe.FindSubmatch(p.Body); m != nil {
+			msg = html.UnescapeString(string(m[1]))
+		}
+		if len(msg) > 500 {
+			msg = msg[:500] + "..."
+		}
+		return nil, nil, fmt.Errorf("testop: login: %s %s: status %d: %s", p.Method, p.URL, p.Status, msg)
 	}
-	return "", errors.New("testop: login: too many redirects")
+	return w.Walk(ctx, startURL)
 }
