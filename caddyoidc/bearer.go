@@ -101,10 +101,6 @@ func (o *OIDC) accessTokenCheck() idp.AccessTokenCheck {
 		AcceptIDShaped: o.BearerIDTokenShaped == "accept", ClientID: o.rt.clientID}
 }
 
-// idTokenMarker names the claim that marks claims as an ID token's, or ""
-// (idp.IDTokenMarker).
-func idTokenMarker(claims map[string]any) string { return idp.IDTokenMarker(claims) }
-
 // validateBearer checks the bearer token options.
 func (o *OIDC) validateBearer() error {
 	switch o.BearerIDTokenShaped {

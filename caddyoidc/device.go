@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 	"io/fs"
 	"net/http"
 	"slices"
@@ -156,7 +157,7 @@ func (o *OIDC) serveDeviceCode(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	raw := r.PostForm.Get("client_id")
-	client := printable(raw, 64)
+	client := idp.Printable(raw, 64)
 	if allowed := o.azat.DeviceClients(); len(allowed) > 0 && (client != raw || !slices.Contains(allowed, client)) {
 		o.logger.Warn("device authorization refused: client name not in device_clients", zap.String("remote", ip), zap.String("client", client))
 		writeJSON(w, http.StatusBadRequest, oauthError{Error: "invalid_client", ErrorDescription: "this client name may not start a device login here"})
@@ -180,7 +181,7 @@ func (o *OIDC) serveDeviceCode(w http.ResponseWriter, r *http.Request) {
 	}
 	now := time.Now()
 	rec := deviceRecord{UserCode: newUserCode(), Client: client, Status: "pending",
-		IP: ip, UserAgent: printable(r.UserAgent(), maxUserAgent), Created: now.Unix(),
+		IP: ip, UserAgent: idp.Printable(r.UserAgent(), maxUserAgent), Created: now.Unix(),
 		Expires: now.Add(deviceCodeLifetime).Unix(), Interval: int64(devicePollInterval / time.Second)}
 	for range 3 { // a pending user code is never reused
 		if !o.storage.Exists(ctx, o.userCodeKey(rec.UserCode)) {

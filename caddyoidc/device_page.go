@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 	"html/template"
 	"io/fs"
 	"net/http"
@@ -189,7 +190,7 @@ func (o *OIDC) serveDevice(w http.ResponseWriter, r *http.Request, p *provider) 
 	if link && tries.linksSpent() {
 		o.logger.Info("device page: link lookups spent; the user confirms the code with Continue",
 			zap.String("sub", s.Identity.Subject), zap.String("remote", clientIP(r)))
-		data.Code, data.FromLink = printable(raw, 16), true
+		data.Code, data.FromLink = idp.Printable(raw, 16), true
 		if c := normalizeUserCode(raw); c != "" {
 			data.Code = formatUserCode(c)
 		}
@@ -231,7 +232,7 @@ func (o *OIDC) serveDevice(w http.ResponseWriter, r *http.Request, p *provider) 
 			page(http.StatusBadRequest)
 			return
 		}
-		data.Code = printable(raw, 16)
+		data.Code = idp.Printable(raw, 16)
 		data.CSRF = o.deviceCSRF(s.ID, "")
 		wrong("Unknown or expired code. Check the code your device shows, or start again there.")
 		return

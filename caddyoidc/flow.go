@@ -6,7 +6,6 @@ import (
 	"errors"
 	"github.com/caddy-oidc/caddy-oidc/internal/seal"
 	"net/http"
-	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -151,7 +150,7 @@ func (o *OIDC) serveCallback(w http.ResponseWriter, r *http.Request, p *provider
 		if e == "access_denied" {
 			status = http.StatusForbidden
 		}
-		o.callbackError(w, r, status, "the identity provider refused the login: "+printable(e, 64), nil)
+		o.callbackError(w, r, status, "the identity provider refused the login: "+idp.Printable(e, 64), nil)
 		return
 	}
 	code := q.Get("code")
@@ -265,20 +264,6 @@ func (o *OIDC) mergeUserinfo(ctx context.Context, p *provider, accessToken strin
 		}
 	}
 	return nil
-}
-
-// printable keeps at most n printable ASCII characters of s.
-func printable(s string, n int) string {
-	out := strings.Map(func(c rune) rune {
-		if c < 0x20 || c > 0x7e {
-			return -1
-		}
-		return c
-	}, s)
-	if len(out) > n {
-		out = out[:n]
-	}
-	return out
 }
 
 func errField(err error) zap.Field { return zap.String("error", err.Error()) }

@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 	"maps"
 	"math"
 	"math/rand/v2"
@@ -758,12 +759,12 @@ func FuzzBearerHeader(f *testing.F) {
 			var claims map[string]any
 			if b, err := base64.RawURLEncoding.DecodeString(payload); err == nil && json.Unmarshal(b, &claims) == nil {
 				_, hasNonce := claims["nonce"]
-				if hasNonce && idTokenMarker(claims) == "" {
+				if hasNonce && idp.IDTokenMarker(claims) == "" {
 					t.Fatal("token with a nonce not taken for an ID token")
 				}
 			}
 		}
-		if (idTokenMarker(map[string]any{"typ": auth}) != "") != (auth == "ID") {
+		if (idp.IDTokenMarker(map[string]any{"typ": auth}) != "") != (auth == "ID") {
 			t.Fatal("idTokenMarker typ")
 		}
 

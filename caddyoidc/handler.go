@@ -2,6 +2,7 @@ package caddyoidc
 
 import (
 	"errors"
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 	"net/http"
 	"strings"
 	"time"
@@ -37,7 +38,7 @@ func (o *OIDC) serveAuthenticated(w http.ResponseWriter, r *http.Request, next c
 
 	p := o.rt.disc.Get(r.Context())
 	if p == nil {
-		o.logger.Warn("request refused: identity provider not discovered yet", zap.String("path", printable(r.URL.Path, 200)))
+		o.logger.Warn("request refused: identity provider not discovered yet", zap.String("path", idp.Printable(r.URL.Path, 200)))
 		o.writeError(w, r, http.StatusServiceUnavailable, "temporarily_unavailable", "the identity provider is not reachable yet")
 		return nil
 	}

@@ -156,16 +156,16 @@ func checkAccessTokenType(claims map[string]any) error {
 		switch strings.ToLower(s) {
 		case "bearer", "access_token", "urn:ietf:params:oauth:token-type:access_token":
 		default:
-			return fmt.Errorf("introspection: token_type %q is not an access token", printable(fmt.Sprint(v), 60))
+			return fmt.Errorf("introspection: token_type %q is not an access token", idp.Printable(fmt.Sprint(v), 60))
 		}
 	}
 	if v, ok := claims["token_use"]; ok {
 		if s, _ := v.(string); s != "access_token" && s != "access" {
-			return fmt.Errorf("introspection: token_use %q is not an access token", printable(fmt.Sprint(v), 60))
+			return fmt.Errorf("introspection: token_use %q is not an access token", idp.Printable(fmt.Sprint(v), 60))
 		}
 	}
 	if t, ok := claims["typ"].(string); ok && idp.NonAccessTypClaim(t) {
-		return fmt.Errorf("introspection: typ %q is not an access token", printable(t, 40))
+		return fmt.Errorf("introspection: typ %q is not an access token", idp.Printable(t, 40))
 	}
 	return nil
 }

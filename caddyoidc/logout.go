@@ -73,7 +73,7 @@ func (o *OIDC) serveLogout(w http.ResponseWriter, r *http.Request, p *provider) 
 		return
 	}
 	if !sameOrigin(r) {
-		o.logger.Warn("cross-site logout refused", zap.String("origin", printable(r.Header.Get("Origin"), 200)))
+		o.logger.Warn("cross-site logout refused", zap.String("origin", idp.Printable(r.Header.Get("Origin"), 200)))
 		o.writeError(w, r, http.StatusForbidden, "invalid_request", "cross-site logout refused")
 		return
 	}

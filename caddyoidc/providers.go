@@ -284,7 +284,7 @@ func (ps *providerSet) serveHTTP(o *OIDC, w http.ResponseWriter, r *http.Request
 			// No provider's token: refused without a call to any of them.
 			count(ps.fallback.rt.m.verifications, "bearer", "invalid")
 			o.logger.Info("bearer token rejected: no provider has its issuer",
-				zap.String("iss", printable(azatauth.PeekIssuer(tok), 100)), zap.String("remote", r.RemoteAddr))
+				zap.String("iss", idp.Printable(azatauth.PeekIssuer(tok), 100)), zap.String("remote", r.RemoteAddr))
 			o.writeError(w, r, http.StatusUnauthorized, "invalid_token", "the access token is invalid")
 			return nil
 		}

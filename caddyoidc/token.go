@@ -29,8 +29,8 @@ func (o *OIDC) serveToken(w http.ResponseWriter, r *http.Request, p *provider) {
 		return
 	}
 	if !sameOrigin(r) {
-		o.logger.Warn("cross-site token request refused", zap.String("origin", printable(r.Header.Get("Origin"), 200)),
-			zap.String("sec_fetch_site", printable(r.Header.Get("Sec-Fetch-Site"), 40)), zap.String("remote", r.RemoteAddr))
+		o.logger.Warn("cross-site token request refused", zap.String("origin", idp.Printable(r.Header.Get("Origin"), 200)),
+			zap.String("sec_fetch_site", idp.Printable(r.Header.Get("Sec-Fetch-Site"), 40)), zap.String("remote", r.RemoteAddr))
 		o.writeError(w, r, http.StatusForbidden, "invalid_request", "cross-site token request refused; open this page from the site itself")
 		return
 	}
@@ -61,14 +61,14 @@ func (o *OIDC) serveToken(w http.ResponseWriter, r *http.Request, p *provider) {
 		// issued to this client, not merely name this API in its aud.
 		if !o.MintFromBearer || id.ClientID != o.rt.clientID {
 			o.logger.Info("azat mint refused: the bearer token was issued to another client",
-				zap.String("azp", printable(id.ClientID, 100)), zap.String("sub", id.Subject))
+				zap.String("azp", idp.Printable(id.ClientID, 100)), zap.String("sub", id.Subject))
 			o.writeError(w, r, http.StatusForbidden, "access_denied", "the access token was not issued to this site's client (azp/client_id)")
 			return
 		}
 		// Never for a token shaped like an ID token, whatever
 		// bearer_id_token_shaped says: ID tokens travel in logout URLs and
 		// browser history, and would outlive the login they came from.
-		if claim := idTokenMarker(id.Claims); claim != "" {
+		if claim := idp.IDTokenMarker(id.Claims); claim != "" {
 			o.logger.Info("azat mint refused: the bearer token is shaped like an ID token", zap.String("claim", claim))
 			o.writeError(w, r, http.StatusForbidden, "access_denied", "an ID token cannot be exchanged for a token")
 			return

@@ -23,8 +23,8 @@ func (o *OIDC) serveRefresh(w http.ResponseWriter, r *http.Request, p *provider)
 	// The answer carries the tokens: another site must not make the
 	// browser ask (a form post or fetch rides on the session cookie).
 	if !sameOrigin(r) {
-		o.logger.Warn("cross-site refresh refused", zap.String("origin", printable(r.Header.Get("Origin"), 200)),
-			zap.String("sec_fetch_site", printable(r.Header.Get("Sec-Fetch-Site"), 40)), zap.String("remote", r.RemoteAddr))
+		o.logger.Warn("cross-site refresh refused", zap.String("origin", idp.Printable(r.Header.Get("Origin"), 200)),
+			zap.String("sec_fetch_site", idp.Printable(r.Header.Get("Sec-Fetch-Site"), 40)), zap.String("remote", r.RemoteAddr))
 		o.writeError(w, r, http.StatusForbidden, "invalid_request", "cross-site refresh refused")
 		return
 	}

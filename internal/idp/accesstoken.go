@@ -66,7 +66,7 @@ func verifyAccessToken(ctx context.Context, keys *KeySet, algs []string, issuer,
 		return nil, time.Time{}, err
 	}
 	if iss, _ := claims["iss"].(string); iss != issuer {
-		return nil, time.Time{}, fmt.Errorf("token issued by %q, not the provider", printable(iss, 100))
+		return nil, time.Time{}, fmt.Errorf("token issued by %q, not the provider", Printable(iss, 100))
 	}
 	if !AudienceMatches(claims["aud"], c.Audiences) {
 		return nil, time.Time{}, fmt.Errorf("token audience %v is not this API", claims["aud"])
@@ -137,7 +137,7 @@ func NormalizeTyp(typ string) string {
 func ValidRequireTyp(typ string) bool {
 	t := NormalizeTyp(typ)
 	_, refused := refusedTyps[t]
-	return !refused && t != "" && printable(t, 100) == t
+	return !refused && t != "" && Printable(t, 100) == t
 }
 
 // peekTyp returns the typ of a compact JWS header without verifying
@@ -166,10 +166,10 @@ func peekTyp(tok string) string {
 func (c AccessTokenCheck) checkTyp(typ string) error {
 	t := NormalizeTyp(typ)
 	if kind, ok := refusedTyps[t]; ok {
-		return fmt.Errorf("token typ %q marks %s, not an access token", printable(typ, 40), kind)
+		return fmt.Errorf("token typ %q marks %s, not an access token", Printable(typ, 40), kind)
 	}
 	if c.RequireTyp != "" && t != c.RequireTyp {
-		return fmt.Errorf("token typ %q is not %q (require_typ)", printable(typ, 40), c.RequireTyp)
+		return fmt.Errorf("token typ %q is not %q (require_typ)", Printable(typ, 40), c.RequireTyp)
 	}
 	return nil
 }
@@ -190,7 +190,7 @@ func checkMarkers(claims map[string]any) error {
 		return errors.New(`token has an "events" claim: a logout or security event token is not an access token`)
 	}
 	if t, ok := claims["typ"].(string); ok && NonAccessTypClaim(t) {
-		return fmt.Errorf("token claim typ %q: not an access token", printable(t, 40))
+		return fmt.Errorf("token claim typ %q: not an access token", Printable(t, 40))
 	}
 	return nil
 }
@@ -214,9 +214,9 @@ func (c AccessTokenCheck) checkIDShape(claims map[string]any) error {
 	return nil
 }
 
-// printable keeps the printable ASCII of s, at most n bytes of it, for
+// Printable keeps the printable ASCII of s, at most n bytes of it, for
 // error messages about attacker-supplied values.
-func printable(s string, n int) string {
+func Printable(s string, n int) string {
 	out := strings.Map(func(c rune) rune {
 		if c < 0x20 || c > 0x7e {
 			return -1
