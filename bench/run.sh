@@ -2,8 +2,11 @@
 # bench/run.sh: load benchmark of the oidc handler behind Caddy's reverse_proxy.
 #
 # usage: bench/run.sh            (from anywhere; ~4.5 minutes with the defaults)
+#        CADDY_BIN=/path/to/new/caddy COMPARE=/path/to/old/caddy bench/run.sh
+#                                 (two builds in one run; twice as long)
 #
-# Builds ./caddy when needed (./xcaddy.sh build --with-redis), bench/upstream
+# Builds ./caddy when needed (./xcaddy.sh build --with-redis; not with
+# CADDY_BIN), bench/upstream
 # (200 "ok" to everything) and bench/op (internal/testop's OpenID Provider,
 # which also logs in through Caddy and writes the credentials), starts Caddy
 # with four sites on loopback, all reverse_proxy to the same upstream:
@@ -39,7 +42,8 @@
 #                     (ignored there), to tell the cost of the bigger request
 #                     from the cost of the oidc handler; oracle-cookie,
 #                     oracle-bearer, oracle-azat (see oracle above)
-#   PORT_BASE=18180   sites on +1..+4, upstream +10, admin +18, OP +19
+#   PORT_BASE=18180   sites on +1..+5, upstream +10, admin +18, OP +19
+#                     (with COMPARE, its sites, admin and OP on +21..+39)
 #   PROFILE="cookie"  after the measured rounds, enable Caddy's admin endpoint
 #                     (127.0.0.1:PORT_BASE+18) and, for each listed scenario,
 #                     take a CPU profile (PROFILE_SECONDS=10) while wrk runs;
@@ -57,7 +61,29 @@
 #                     measure a variant, e.g. OIDC_OPTS="pass_token none" or
 #                     OIDC_OPTS="session store"
 #   KEEP=1            keep the work dir (Caddyfile, logs, raw wrk output)
+#   CADDY_BIN=PATH    the Caddy binary to measure (and profile) instead of
+#                     ./caddy; the build is skipped. It needs http.handlers.oidc
+#                     with the subdirectives the Caddyfile below uses (it is
+#                     validated first). bench/op and bench/upstream are always
+#                     built from this tree.
+#   COMPARE=PATH      a second Caddy binary, the baseline ("before"): it gets
+#                     its own Caddy, OP and credentials on PORT_BASE+20..+39
+#                     (upstream shared), and every run of every round is made
+#                     against both binaries back to back (CADDY_BIN first in
+#                     odd rounds, COMPARE first in even ones). Prints the table
+#                     for each binary, then per scenario the median over the
+#                     runs of req/s(CADDY_BIN) / req/s(COMPARE) of each pair
+#                     of back-to-back runs (after/before) and its range, and
+#                     the ratio of Caddy CPU µs/req. With PROFILE, both are
+#                     profiled (bench/out/cpu-S.pprof, cpu-S.compare.pprof).
 set -euo pipefail
+CADDY_BIN=${CADDY_BIN:-}
+COMPARE=${COMPARE:-}
+for v in CADDY_BIN COMPARE; do # relative to the caller's directory: make absolute
+	[[ -z ${!v} ]] && continue
+	[[ -f ${!v} && -x ${!v} ]] || { echo "bench/run.sh: $v=${!v} is not an executable file" >&2; exit 1; }
+	printf -v "$v" %s "$(realpath "${!v}")"
+done
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
@@ -75,15 +101,33 @@ QUIET_WAIT=${QUIET_WAIT:-60}
 QUIET_MAX=${QUIET_MAX:-10}
 RETRIES=${RETRIES:-6}
 
-P_PLAIN=$((PORT_BASE + 1))
-P_COOKIE=$((PORT_BASE + 2))
-P_BEARER=$((PORT_BASE + 3))
-P_AZAT=$((PORT_BASE + 4))
-P_ORACLE=$((PORT_BASE + 5))
-P_UPSTREAM=$((PORT_BASE + 10))
-P_ADMIN=$((PORT_BASE + 18))
-P_OP=$((PORT_BASE + 19))
 HOST=127.0.0.1
+P_UPSTREAM=$((PORT_BASE + 10))
+# Instance 0 is CADDY_BIN (or ./caddy), instance 1 COMPARE: each has its own
+# Caddy, OP, credentials and work dir $WORK/<i>; use_instance sets the
+# globals below for one of them.
+BINS=("${CADDY_BIN:-$ROOT/caddy}")
+[[ -n $COMPARE ]] && BINS+=("$COMPARE")
+INSTANCES=$(seq 0 $((${#BINS[@]} - 1)))
+CADDY_PIDS=()
+use_instance() { # i
+	local b=$((PORT_BASE + 20 * $1))
+	CUR=$1
+	IBIN=${BINS[$1]}
+	IDIR=${WORK:-}/$1
+	P_PLAIN=$((b + 1))
+	P_COOKIE=$((b + 2))
+	P_BEARER=$((b + 3))
+	P_AZAT=$((b + 4))
+	P_ORACLE=$((b + 5))
+	P_ADMIN=$((b + 18))
+	P_OP=$((b + 19))
+	CADDY_PID=${CADDY_PIDS[$1]:-}
+}
+use_instance 0
+label_of() { # i -> CADDY_BIN or COMPARE, as the tables name them
+	if [[ $1 == 1 ]]; then echo COMPARE; elif [[ -n $CADDY_BIN ]]; then echo CADDY_BIN; else echo ./caddy; fi
+}
 
 die() {
 	echo "bench/run.sh: $*" >&2
@@ -115,8 +159,12 @@ if ! command -v wrk >/dev/null; then
 fi
 
 port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-for p in "$P_PLAIN" "$P_COOKIE" "$P_BEARER" "$P_AZAT" "$P_ORACLE" "$P_UPSTREAM" "$P_OP" "$P_ADMIN"; do
-	port_busy "$p" && die "$HOST:$p is already in use (set PORT_BASE=...)"
+port_busy "$P_UPSTREAM" && die "$HOST:$P_UPSTREAM is already in use (set PORT_BASE=...)"
+for i in $INSTANCES; do
+	use_instance "$i"
+	for p in "$P_PLAIN" "$P_COOKIE" "$P_BEARER" "$P_AZAT" "$P_ORACLE" "$P_OP" "$P_ADMIN"; do
+		port_busy "$p" && die "$HOST:$p is already in use (set PORT_BASE=...)"
+	done
 done
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/caddy-oidc-bench.XXXXXX")
@@ -150,7 +198,11 @@ trap 'exit 143' TERM HUP
 
 # ---- build --------------------------------------------------------------
 
-./xcaddy.sh build --with-redis >&2
+if [[ -n $CADDY_BIN ]]; then
+	say "CADDY_BIN=$CADDY_BIN: not building ./caddy"
+else
+	./xcaddy.sh build --with-redis >&2
+fi
 say "building bench/upstream and bench/op"
 go build -o "$WORK/upstream" ./bench/upstream
 go build -o "$WORK/op" ./bench/op
@@ -168,18 +220,18 @@ wait_up() { # URL PID NAME LOG
 }
 
 ORACLE_TOKEN=$(head -c 675 /dev/urandom | base64 -w0 | tr '+/' '-_' | head -c 900)
-write_caddyfile() { # ADMIN(off|addr)
+write_caddyfile() { # ADMIN(off|addr), for the current instance, into $IDIR
 	local oidc="issuer http://$HOST:$P_OP
 		client_id demo
 		client_secret demo-secret
 		scopes openid profile email offline_access${OIDC_OPTS:+
 		$OIDC_OPTS}"
-	cat >"$WORK/Caddyfile" <<EOF
+	cat >"$IDIR/Caddyfile" <<EOF
 {
 	admin $1
 	auto_https off
 	persist_config off
-	storage file_system $WORK/data
+	storage file_system $IDIR/data
 	log {
 		level ERROR
 	}
@@ -235,49 +287,57 @@ http://$HOST:$P_AZAT {
 EOF
 }
 
-ADMIN=off
-[[ -n $PROFILE ]] && ADMIN=$HOST:$P_ADMIN
-write_caddyfile "$ADMIN"
-./caddy validate --config "$WORK/Caddyfile" --adapter caddyfile >"$WORK/validate.log" 2>&1 ||
-	{ cat "$WORK/validate.log" >&2; die "the Caddyfile is invalid"; }
+for i in $INSTANCES; do
+	use_instance "$i"
+	mkdir -p "$IDIR/hdr"
+	ADMIN=off
+	[[ -n $PROFILE ]] && ADMIN=$HOST:$P_ADMIN
+	write_caddyfile "$ADMIN"
+	"$IBIN" validate --config "$IDIR/Caddyfile" --adapter caddyfile >"$IDIR/validate.log" 2>&1 ||
+		{ cat "$IDIR/validate.log" >&2; die "the Caddyfile is invalid for $IBIN"; }
+done
 
 "$WORK/upstream" -addr "$HOST:$P_UPSTREAM" >"$WORK/upstream.log" 2>&1 &
 UPSTREAM_PID=$!
 PIDS+=("$UPSTREAM_PID")
 wait_up "http://$HOST:$P_UPSTREAM/" "$UPSTREAM_PID" upstream "$WORK/upstream.log"
 
-# The OP starts first (Caddy discovers it at start-up), then waits for the
-# sites and writes cookie.hdr, bearer.hdr, azat.hdr.
-mkdir -p "$WORK/hdr"
-"$WORK/op" -addr "$HOST:$P_OP" -access-token-lifetime 1h -out "$WORK/hdr" \
-	-cookie-site "http://$HOST:$P_COOKIE" -bearer-site "http://$HOST:$P_BEARER" \
-	-azat-site "http://$HOST:$P_AZAT" >"$WORK/op.log" 2>&1 &
-OP_PID=$!
-PIDS+=("$OP_PID")
-wait_up "http://$HOST:$P_OP/.well-known/openid-configuration" "$OP_PID" "the OP" "$WORK/op.log"
+for i in $INSTANCES; do
+	use_instance "$i"
+	# The OP starts first (Caddy discovers it at start-up), then waits for
+	# the sites and writes cookie.hdr, bearer.hdr, azat.hdr.
+	"$WORK/op" -addr "$HOST:$P_OP" -access-token-lifetime 1h -out "$IDIR/hdr" \
+		-cookie-site "http://$HOST:$P_COOKIE" -bearer-site "http://$HOST:$P_BEARER" \
+		-azat-site "http://$HOST:$P_AZAT" >"$IDIR/op.log" 2>&1 &
+	OP_PID=$!
+	PIDS+=("$OP_PID")
+	wait_up "http://$HOST:$P_OP/.well-known/openid-configuration" "$OP_PID" "the OP" "$IDIR/op.log"
 
-XDG_DATA_HOME="$WORK/data" XDG_CONFIG_HOME="$WORK/config" \
-	./caddy run --config "$WORK/Caddyfile" --adapter caddyfile >"$WORK/caddy.log" 2>&1 &
-CADDY_PID=$!
-PIDS+=("$CADDY_PID")
-wait_up "http://$HOST:$P_PLAIN/" "$CADDY_PID" Caddy "$WORK/caddy.log"
+	XDG_DATA_HOME="$IDIR/data" XDG_CONFIG_HOME="$IDIR/config" \
+		"$IBIN" run --config "$IDIR/Caddyfile" --adapter caddyfile >"$IDIR/caddy.log" 2>&1 &
+	CADDY_PID=$!
+	CADDY_PIDS[i]=$CADDY_PID
+	PIDS+=("$CADDY_PID")
+	wait_up "http://$HOST:$P_PLAIN/" "$CADDY_PID" "Caddy ($IBIN)" "$IDIR/caddy.log"
 
-for _ in $(seq 1 600); do
-	[[ -f $WORK/hdr/azat.hdr ]] && break
-	kill -0 "$OP_PID" 2>/dev/null || { cat "$WORK/op.log" >&2; tail -n 30 "$WORK/caddy.log" >&2; die "bench/op failed"; }
-	sleep 0.1
+	for _ in $(seq 1 600); do
+		[[ -f $IDIR/hdr/azat.hdr ]] && break
+		kill -0 "$OP_PID" 2>/dev/null || { cat "$IDIR/op.log" >&2; tail -n 30 "$IDIR/caddy.log" >&2; die "bench/op failed"; }
+		sleep 0.1
+	done
+	[[ -f $IDIR/hdr/azat.hdr ]] || { cat "$IDIR/op.log" >&2; die "no credentials after 60s"; }
+	[[ -n $COMPARE ]] && say "$(label_of "$i"): $IBIN"
+	sed 's/^/  /' "$IDIR/op.log" >&2
 done
-[[ -f $WORK/hdr/azat.hdr ]] || { cat "$WORK/op.log" >&2; die "no credentials after 60s"; }
-sed 's/^/  /' "$WORK/op.log" >&2
 
 # ---- measure ------------------------------------------------------------
 
 hdr_of() { # scenario -> header line ("" for plain)
 	case $1 in
 	plain) echo "" ;;
-	plain-*) cat "$WORK/hdr/${1#plain-}.hdr" ;;
-	oracle-*) cat "$WORK/hdr/${1#oracle-}.hdr" ;;
-	*) cat "$WORK/hdr/$1.hdr" ;;
+	plain-*) cat "$IDIR/hdr/${1#plain-}.hdr" ;;
+	oracle-*) cat "$IDIR/hdr/${1#oracle-}.hdr" ;;
+	*) cat "$IDIR/hdr/$1.hdr" ;;
 	esac
 }
 
@@ -353,7 +413,10 @@ median() { sort -g | awk '{a[NR] = $1} END {if (NR % 2) print a[(NR + 1) / 2]; e
 
 if [[ $WARMUP != 0 ]]; then
 	say "warm-up: $WARMUP per scenario"
-	for s in $SCENARIOS; do run_wrk "$s" "$WARMUP" "$WORK/warmup-$s.txt"; done
+	for i in $INSTANCES; do
+		use_instance "$i"
+		for s in $SCENARIOS; do run_wrk "$s" "$WARMUP" "$IDIR/warmup-$s.txt"; done
+	done
 fi
 
 # other_cpu SECONDS: % of the machine used meanwhile by processes this run did
@@ -391,17 +454,23 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 retries=$RETRIES
 # Each round runs plain between every other scenario (plain s1 plain s2 ...
 # plain), so that every run of a scenario has a plain run just before and
-# just after it: see paired() below.
+# just after it: see paired() below. With COMPARE, every run is made against
+# both binaries back to back, in turn first (see compared() below); each
+# binary's runs form the same sequence.
 n=0
 for r in $(seq 1 "$ROUNDS"); do
 	seq_round=(plain)
 	for s in $SCENARIOS; do
 		[[ $s == plain ]] || seq_round+=("$s" plain)
 	done
+	order=$INSTANCES
+	((r % 2 == 0)) && order=$(echo "$INSTANCES" | sort -rn)
 	for s in "${seq_round[@]}"; do
+	for i in $order; do
+		use_instance "$i"
 		n=$((n + 1))
 		while :; do
-			say "round $r/$ROUNDS: $s ($DURATION)"
+			say "round $r/$ROUNDS: $s ($DURATION)${COMPARE:+, $(label_of "$i")}"
 			measure "$s" "$DURATION" "$WORK/wrk-$n.txt"
 			res=$(parse "$WORK/wrk-$n.txt")
 			read -r rps p50 p99 cpu other ucpu wcpu <<<"$res"
@@ -414,14 +483,15 @@ for r in $(seq 1 "$ROUNDS"); do
 			fi
 			break
 		done
-		echo "$res" >>"$WORK/results-$s.txt"
-		echo "$s $rps" >>"$WORK/sequence.txt"
+		echo "$res" >>"$IDIR/results-$s.txt"
+		echo "$s $rps" >>"$IDIR/sequence.txt"
+	done
 	done
 done
 
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
-col() { awk -v c="$2" '{print $c}' "$WORK/results-$1.txt" | median; }
+col() { awk -v c="$2" '{print $c}' "$IDIR/results-$1.txt" | median; }
 # paired S: for every run of S, its req/s over the mean req/s of the plain
 # runs just before and just after it, as "median min max" over the runs.
 # The machine's speed drifts by +-20 % within minutes (other tenants of the
@@ -430,51 +500,82 @@ col() { awk -v c="$2" '{print $c}' "$WORK/results-$1.txt" | median; }
 paired() {
 	awk -v s="$1" '{name[NR] = $1; rps[NR] = $2}
 		END { for (i = 2; i < NR; i++) if (name[i] == s && name[i-1] == "plain" && name[i+1] == "plain")
-			print rps[i] / ((rps[i-1] + rps[i+1]) / 2) }' "$WORK/sequence.txt" >"$WORK/ratios-$1.txt"
+			print rps[i] / ((rps[i-1] + rps[i+1]) / 2) }' "$IDIR/sequence.txt" >"$IDIR/ratios-$1.txt"
 	[[ $1 == plain ]] && { echo "1 1 1"; return; }
-	echo "$(median <"$WORK/ratios-$1.txt") $(sort -g "$WORK/ratios-$1.txt" | head -1) $(sort -g "$WORK/ratios-$1.txt" | tail -1)"
+	echo "$(median <"$IDIR/ratios-$1.txt") $(sort -g "$IDIR/ratios-$1.txt" | head -1) $(sort -g "$IDIR/ratios-$1.txt" | tail -1)"
 }
 # to_oracle S: for cookie, bearer, azat with oracle-S measured, each
 # round's req/s of S over that round's oracle-S, as "median min max".
 to_oracle() {
-	[[ -f $WORK/results-oracle-$1.txt ]] || { echo "- - -"; return; }
-	paste -d' ' "$WORK/results-$1.txt" "$WORK/results-oracle-$1.txt" | awk '{print $1 / $8}' >"$WORK/oracle-ratios-$1.txt"
-	echo "$(median <"$WORK/oracle-ratios-$1.txt") $(sort -g "$WORK/oracle-ratios-$1.txt" | head -1) $(sort -g "$WORK/oracle-ratios-$1.txt" | tail -1)"
+	[[ -f $IDIR/results-oracle-$1.txt ]] || { echo "- - -"; return; }
+	paste -d' ' "$IDIR/results-$1.txt" "$IDIR/results-oracle-$1.txt" | awk '{print $1 / $8}' >"$IDIR/oracle-ratios-$1.txt"
+	echo "$(median <"$IDIR/oracle-ratios-$1.txt") $(sort -g "$IDIR/oracle-ratios-$1.txt" | head -1) $(sort -g "$IDIR/oracle-ratios-$1.txt" | tail -1)"
 }
-PLAIN_RPS=$(col plain 1)
-{
-	echo "| scenario | req/s | p50 (ms) | p99 (ms) | ratio to plain (paired, median) | paired min-max | ratio to its oracle (per round, median) | min-max | Caddy CPU µs/req |"
-	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-	for s in $SCENARIOS; do
-		rps=$(col "$s" 1)
-		read -r pm pmin pmax <<<"$(paired "$s")"
-		read -r om omin omax <<<"$(to_oracle "$s")"
-		awk -v s="$s" -v rps="$rps" -v p50="$(col "$s" 2)" -v p99="$(col "$s" 3)" -v cpu="$(col "$s" 4)" \
-			-v pm="$pm" -v pmin="$pmin" -v pmax="$pmax" -v om="$om" -v omin="$omin" -v omax="$omax" \
-			'BEGIN { o = (om == "-") ? "| - | -" : sprintf("| %.3fx | %.2f-%.2f", om, omin, omax)
-			printf "| %s | %.0f | %.2f | %.2f | %.2fx | %.2f-%.2f %s | %.0f |\n", s, rps, p50, p99, pm, pmin, pmax, o, cpu }'
-	done
-} >"$WORK/table.md"
+for i in $INSTANCES; do
+	use_instance "$i"
+	{
+		echo "| scenario | req/s | p50 (ms) | p99 (ms) | ratio to plain (paired, median) | paired min-max | ratio to its oracle (per round, median) | min-max | Caddy CPU µs/req |"
+		echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+		for s in $SCENARIOS; do
+			rps=$(col "$s" 1)
+			read -r pm pmin pmax <<<"$(paired "$s")"
+			read -r om omin omax <<<"$(to_oracle "$s")"
+			awk -v s="$s" -v rps="$rps" -v p50="$(col "$s" 2)" -v p99="$(col "$s" 3)" -v cpu="$(col "$s" 4)" \
+				-v pm="$pm" -v pmin="$pmin" -v pmax="$pmax" -v om="$om" -v omin="$omin" -v omax="$omax" \
+				'BEGIN { o = (om == "-") ? "| - | -" : sprintf("| %.3fx | %.2f-%.2f", om, omin, omax)
+				printf "| %s | %.0f | %.2f | %.2f | %.2fx | %.2f-%.2f %s | %.0f |\n", s, rps, p50, p99, pm, pmin, pmax, o, cpu }'
+		done
+	} >"$IDIR/table.md"
 
-echo
-echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency, median of $ROUNDS interleaved rounds, started $START${OIDC_OPTS:+, OIDC_OPTS=\"$OIDC_OPTS\"}"
-echo "Caddy $(./caddy version | awk '{print $1}'), $(go version | awk '{print $3}'), $(nproc) CPUs, load average $LOAD_BEFORE before / $LOAD_AFTER after"
-echo
-cat "$WORK/table.md"
-echo
-OTHER=$(cat "$WORK"/results-*.txt | awk '{print $5}' | median)
-if awk -v o="$OTHER" -v m="$QUIET_MAX" 'BEGIN { exit !(o >= m) }'; then
-	echo "WARNING: other processes used ${OTHER}% of the machine (median over the runs): these numbers are skewed"
 	echo
+	[[ -n $COMPARE ]] && echo "### $(label_of "$i"): $IBIN" && echo
+	echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency, median of $ROUNDS interleaved rounds, started $START${OIDC_OPTS:+, OIDC_OPTS=\"$OIDC_OPTS\"}"
+	echo "Caddy $("$IBIN" version | awk '{print $1}'), $(go version | awk '{print $3}'), $(nproc) CPUs, load average $LOAD_BEFORE before / $LOAD_AFTER after"
+	echo
+	cat "$IDIR/table.md"
+	echo
+	OTHER=$(cat "$IDIR"/results-*.txt | awk '{print $5}' | median)
+	if awk -v o="$OTHER" -v m="$QUIET_MAX" 'BEGIN { exit !(o >= m) }'; then
+		echo "WARNING: other processes used ${OTHER}% of the machine (median over the runs): these numbers are skewed"
+		echo
+	fi
+	echo "per round: req/s (CPU µs/req of Caddy / upstream / wrk; CPU used by processes this run did not start, % of the machine):"
+	for s in $SCENARIOS; do
+		echo "  $s: $(awk '{printf "%.0f (%.0f/%.0f/%.0f; %.0f%%)  ", $1, $4, $6, $7, $5}' "$IDIR/results-$s.txt")"
+	done
+	echo "paired ratios (each run over the mean of the plain runs around it):"
+	for s in $SCENARIOS; do
+		[[ $s == plain ]] || echo "  $s: $(awk '{printf "%.2f ", $1}' "$IDIR/ratios-$s.txt")"
+	done
+done
+
+# compared S: for every pair of back-to-back runs of S (one per binary),
+# req/s of CADDY_BIN over req/s of COMPARE, as "median min max".
+compared() {
+	paste -d' ' "$WORK/0/results-$1.txt" "$WORK/1/results-$1.txt" | awk '{print $1 / $8}' >"$WORK/compare-ratios-$1.txt"
+	echo "$(median <"$WORK/compare-ratios-$1.txt") $(sort -g "$WORK/compare-ratios-$1.txt" | head -1) $(sort -g "$WORK/compare-ratios-$1.txt" | tail -1)"
+}
+if [[ -n $COMPARE ]]; then
+	echo
+	echo "### $(label_of 0) / COMPARE (after / before): $(label_of 0)=${BINS[0]}, COMPARE=$COMPARE"
+	echo
+	echo "| scenario | req/s $(label_of 0) | req/s COMPARE | req/s ratio (back-to-back pairs, median) | min-max | Caddy CPU µs/req $(label_of 0) | COMPARE | CPU ratio |"
+	echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+	for s in $SCENARIOS; do
+		use_instance 0
+		r0=$(col "$s" 1) c0=$(col "$s" 4)
+		use_instance 1
+		r1=$(col "$s" 1) c1=$(col "$s" 4)
+		read -r cm cmin cmax <<<"$(compared "$s")"
+		awk -v s="$s" -v r0="$r0" -v r1="$r1" -v c0="$c0" -v c1="$c1" -v cm="$cm" -v cmin="$cmin" -v cmax="$cmax" \
+			'BEGIN { printf "| %s | %.0f | %.0f | %.3fx | %.2f-%.2f | %.0f | %.0f | %.2fx |\n", s, r0, r1, cm, cmin, cmax, c0, c1, (c1 > 0 ? c0 / c1 : 0) }'
+	done
+	echo
+	echo "per pair: req/s ratio $(label_of 0) / COMPARE:"
+	for s in $SCENARIOS; do
+		echo "  $s: $(awk '{printf "%.3f ", $1}' "$WORK/compare-ratios-$s.txt")"
+	done
 fi
-echo "per round: req/s (CPU µs/req of Caddy / upstream / wrk; CPU used by processes this run did not start, % of the machine):"
-for s in $SCENARIOS; do
-	echo "  $s: $(awk '{printf "%.0f (%.0f/%.0f/%.0f; %.0f%%)  ", $1, $4, $6, $7, $5}' "$WORK/results-$s.txt")"
-done
-echo "paired ratios (each run over the mean of the plain runs around it):"
-for s in $SCENARIOS; do
-	[[ $s == plain ]] || echo "  $s: $(awk '{printf "%.2f ", $1}' "$WORK/ratios-$s.txt")"
-done
 
 # ---- profile ------------------------------------------------------------
 
@@ -482,30 +583,35 @@ if [[ -n $PROFILE ]]; then
 	mkdir -p "$ROOT/bench/out"
 	wrk_for=$((PROFILE_SECONDS + 4))s
 	for s in $PROFILE; do
-		port_of "$s" >/dev/null
-		say "profiling $s: ${PROFILE_SECONDS}s CPU profile while wrk runs ($wrk_for)"
-		run_wrk "$s" "$wrk_for" "$WORK/wrk-profile-$s.txt" &
-		WRK_PID=$!
-		sleep 2
-		prof="$ROOT/bench/out/cpu-$s.pprof"
-		curl -sf -o "$prof" "http://$HOST:$P_ADMIN/debug/pprof/profile?seconds=$PROFILE_SECONDS" ||
-			die "cannot fetch the profile from the admin endpoint"
-		wait "$WRK_PID"
-		res=$(parse "$WORK/wrk-profile-$s.txt")
-		read -r rps _ <<<"$res"
-		echo
-		echo "### CPU profile: $s ($rps req/s while profiling; $prof)"
-		echo
-		go tool pprof -top -nodecount=30 "$ROOT/caddy" "$prof" 2>/dev/null | sed -n '/flat%/,$p' | sed 's/^/    /'
-		if [[ $s != plain* ]]; then
+	for i in $INSTANCES; do
+		use_instance "$i"
+		suffix=
+		[[ $i == 1 ]] && suffix=.compare
+			port_of "$s" >/dev/null
+			say "profiling $s${COMPARE:+ ($(label_of "$i"))}: ${PROFILE_SECONDS}s CPU profile while wrk runs ($wrk_for)"
+			run_wrk "$s" "$wrk_for" "$IDIR/wrk-profile-$s.txt" &
+			WRK_PID=$!
+			sleep 2
+			prof="$ROOT/bench/out/cpu-$s$suffix.pprof"
+			curl -sf -o "$prof" "http://$HOST:$P_ADMIN/debug/pprof/profile?seconds=$PROFILE_SECONDS" ||
+				die "cannot fetch the profile from the admin endpoint"
+			wait "$WRK_PID"
+			res=$(parse "$IDIR/wrk-profile-$s.txt")
+			read -r rps _ <<<"$res"
 			echo
-			echo "  the oidc handler's own CPU (samples under caddyoidc.(*OIDC).ServeHTTP, the next handlers left out):"
+			echo "### CPU profile: $s${COMPARE:+, $(label_of "$i") $IBIN} ($rps req/s while profiling; $prof)"
 			echo
-			go tool pprof -top -cum -nodecount=30 -focus='caddyoidc\.\(\*OIDC\)\.ServeHTTP' -ignore='reverseproxy' \
-				"$ROOT/caddy" "$prof" 2>/dev/null | sed -n '/flat%/,$p' |
-				grep -vE 'caddyhttp\.|net/http\.|runtime\.goexit|runtime\.systemstack|internal/runtime/maps' | sed 's/^/    /'
-		fi
-		go tool pprof -top -cum -nodecount=60 "$ROOT/caddy" "$prof" 2>/dev/null >"$ROOT/bench/out/cpu-$s.cum.txt"
-		echo "    (cumulative view: bench/out/cpu-$s.cum.txt)"
+			go tool pprof -top -nodecount=30 "$IBIN" "$prof" 2>/dev/null | sed -n '/flat%/,$p' | sed 's/^/    /'
+			if [[ $s != plain* ]]; then
+				echo
+				echo "  the oidc handler's own CPU (samples under caddyoidc.(*OIDC).ServeHTTP, the next handlers left out):"
+				echo
+				go tool pprof -top -cum -nodecount=30 -focus='caddyoidc\.\(\*OIDC\)\.ServeHTTP' -ignore='reverseproxy' \
+					"$IBIN" "$prof" 2>/dev/null | sed -n '/flat%/,$p' |
+					grep -vE 'caddyhttp\.|net/http\.|runtime\.goexit|runtime\.systemstack|internal/runtime/maps' | sed 's/^/    /'
+			fi
+			go tool pprof -top -cum -nodecount=60 "$IBIN" "$prof" 2>/dev/null >"$ROOT/bench/out/cpu-$s$suffix.cum.txt"
+			echo "    (cumulative view: bench/out/cpu-$s$suffix.cum.txt)"
+	done
 	done
 fi
