@@ -472,7 +472,7 @@ func (o *OIDC) provision(ctx context.Context, logger *zap.Logger, st certmagic.S
 	rt.remote = newRemoteChecks(maxRejected, maxRemoteCalls)
 	o.rt = rt
 	rt.stored = &storedSessions{storage: o.storage, sealer: rt.sealer, lifetime: time.Duration(o.SessionLifetime),
-		cacheTTL: time.Duration(o.SessionCache), cache: expiry.New[string, *session](4096), m: &rt.m, logger: o.logger}
+		cacheTTL: time.Duration(o.SessionCache), cache: expiry.New[string, *session](4096), revoked: &rt.revoked, m: &rt.m, logger: o.logger}
 	rt.sessions = rt.stored
 	if o.Session != "store" {
 		rt.sessions = &cookieSessions{sealer: rt.sealer, lifetime: time.Duration(o.SessionLifetime),

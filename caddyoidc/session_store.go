@@ -36,8 +36,13 @@ type storedSessions struct {
 	// when one is written or deleted).
 	cacheTTL time.Duration
 	cache    *expiry.Map[string, *session]
-	m        *providerMetrics
-	logger   *zap.Logger
+	// revoked are the back-channel logouts (and logouts of cookie
+	// sessions) every instance loads: checked too, so that a session a
+	// back-channel logout missed in the index (stored by a login that
+	// raced it) ends all the same.
+	revoked *revocations
+	m       *providerMetrics
+	logger  *zap.Logger
 	// sweeps say where each sweep goes on next run.
 	sweeps struct{ records, sids, subs listCursor }
 }
@@ -67,15 +72,19 @@ func (st *storedSessions) open(ctx context.Context, raw string) (*session, error
 		return nil, nil // tampered or foreign cookie: no session
 	}
 	id := string(pt)
-	if s, ok := st.cache.Get(id, time.Now()); ok {
+	s, ok := st.cache.Get(id, time.Now())
+	if ok {
 		count(st.m.cacheHits, "stored_session")
-		return s, nil
-	}
-	s, err := st.load(ctx, id)
-	if err == nil && s != nil {
+	} else {
+		if s, err = st.load(ctx, id); err != nil || s == nil {
+			return nil, err
+		}
 		st.remember(s)
 	}
-	return s, err
+	if st.revoked.revoked(s) {
+		return nil, nil
+	}
+	return s, nil
 }
 
 // save writes s's record and returns the sealed id for its cookie. A new

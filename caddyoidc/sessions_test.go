@@ -187,3 +187,50 @@ func TestStoredRefreshRefusedDeletes(t *testing.T) {
 		})
 	}
 }
+
+// TestStoredSessionRacingBackchannelLogout: a login that stores its session
+// while a back-channel logout of that user runs is missed by the index
+// (indexed after the logout read it, or stored after it deleted the
+// record). The logout's revocation ends it all the same, on every
+// instance; a login after the logout is not affected.
+func TestStoredSessionRacingBackchannelLogout(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	a, b := sessionsHandler(t, "store", dir), sessionsHandler(t, "store", dir)
+	raced := testSession(a.Issuer)
+	raced.CreatedMs = time.Now().UnixMilli() - 10
+	if err := a.rt.stored.store(ctx, raced); err != nil { // stored, not indexed
+		t.Fatal(err)
+	}
+	raw := a.rt.stored.sealer.Seal([]byte(raced.ID), a.rt.stored.purpose())
+	if got, _ := b.rt.sessions.open(ctx, raw); got == nil {
+		t.Fatal("the session does not open before the logout")
+	}
+	now := time.Now()
+	ended, err := a.rt.stored.endIndexed(ctx, subIndex(raced.Identity.Issuer, raced.Identity.Subject))
+	if err != nil || ended != 0 {
+		t.Fatalf("the index held the raced session: %d, %v", ended, err)
+	}
+	if err := a.storeRevocation(ctx, revocation{Kind: "sub", Key: hashKey(raced.Identity.Issuer, raced.Identity.Subject),
+		At: now.Unix(), AtMs: now.UnixMilli(), Until: now.Add(time.Hour).Unix()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.loadRevocations(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for name, h := range map[string]*OIDC{"instance a": a, "instance b": b} {
+		if got, _ := h.rt.sessions.open(ctx, raw); got != nil {
+			t.Fatalf("%s: a session the back-channel logout missed in the index still opens", name)
+		}
+	}
+	later := testSession(a.Issuer)
+	later.ID += "-later"
+	later.CreatedMs = time.Now().UnixMilli() + 5
+	rawLater, err := a.rt.sessions.save(ctx, later, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := b.rt.sessions.open(ctx, rawLater); got == nil {
+		t.Fatal("a login after the back-channel logout is refused")
+	}
+}
