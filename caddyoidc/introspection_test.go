@@ -273,3 +273,44 @@ func TestIntrospectionFloodBoundedPerHandler(t *testing.T) {
 		t.Fatalf("new token after the flood: %d", w.Code)
 	}
 }
+
+// TestTokeninfoIdentityClaims: a tokeninfo answer is an identity only with
+// a non-empty string sub, this client as aud or azp, and an exp in the
+// future (as introspection answers; tokeninfo has no client_id fallback).
+func TestTokeninfoIdentityClaims(t *testing.T) {
+	exp := itoa(time.Now().Add(time.Hour).Unix())
+	for _, tt := range []struct {
+		name   string
+		answer map[string]any
+		ok     bool
+	}{
+		{"good", map[string]any{"aud": "client-1", "sub": "123", "exp": exp}, true},
+		{"azp is this client", map[string]any{"aud": "other", "azp": "client-1", "sub": "123", "exp": exp}, true},
+		{"empty sub", map[string]any{"aud": "client-1", "sub": "", "exp": exp}, false},
+		{"numeric sub", map[string]any{"aud": "client-1", "sub": 123, "exp": exp}, false},
+		{"no sub", map[string]any{"aud": "client-1", "exp": exp}, false},
+		{"other client", map[string]any{"aud": "other", "azp": "other", "sub": "123", "exp": exp}, false},
+		{"exp past", map[string]any{"aud": "client-1", "sub": "123", "exp": itoa(time.Now().Add(-time.Minute).Unix())}, false},
+		{"no exp", map[string]any{"aud": "client-1", "sub": "123"}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				_ = json.NewEncoder(w).Encode(tt.answer)
+			}))
+			defer srv.Close()
+			o := testOIDC(t)
+			o.TokeninfoEndpoint = srv.URL
+			o.rt.introspected = expiry.New[[32]byte, *identity](16)
+			o.rt.remote = newRemoteChecks(16, 2)
+			p := idp.New(idp.Config{}, idp.Metadata{Issuer: "https://accounts.google.com"})
+			id, err := o.verifyBearer(context.Background(), p, "ya29.token")
+			if (err == nil) != tt.ok {
+				t.Fatalf("accepted %v (err %v), want %v", err == nil, err, tt.ok)
+			}
+			if tt.ok && (id.Subject != "123" || id.Issuer != "https://accounts.google.com") {
+				t.Fatalf("identity sub %q iss %q", id.Subject, id.Issuer)
+			}
+		})
+	}
+}
