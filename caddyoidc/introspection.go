@@ -182,13 +182,21 @@ func (o *OIDC) introspect(ctx context.Context, p *provider, tok string) (*identi
 	if err := checkAccessTokenType(claims); err != nil {
 		return nil, time.Time{}, err
 	}
-	if iss, ok := claims["iss"].(string); ok && iss != p.Metadata().Issuer {
-		return nil, time.Time{}, errors.New("token from another issuer")
+	if v, ok := claims["iss"]; ok {
+		// Present, it must be the provider's (a string): a non-string iss
+		// would otherwise skip the check and leave an identity without one.
+		if iss, _ := v.(string); iss != p.Metadata().Issuer {
+			return nil, time.Time{}, fmt.Errorf("token from another issuer (%q)", idp.Printable(fmt.Sprint(v), 100))
+		}
 	}
 	if aud, ok := claims["aud"]; ok {
 		if !idp.AudienceMatches(aud, o.rt.audience) {
 			return nil, time.Time{}, fmt.Errorf("token audience %v is not this API", aud)
 		}
+	} else if len(o.Audience) > 0 {
+		// An audience is configured: at least one must be in aud, as
+		// for JWTs; a token of this client without aud is not for it.
+		return nil, time.Time{}, errors.New("introspection gave no aud (audience is configured)")
 	} else if cid, _ := claims["client_id"].(string); cid != o.rt.clientID {
 		return nil, time.Time{}, errors.New("token issued to another client")
 	}
@@ -200,12 +208,18 @@ func (o *OIDC) introspect(ctx context.Context, p *provider, tok string) (*identi
 	if !time.Now().Before(exp) {
 		return nil, time.Time{}, errors.New("token expired")
 	}
-	if _, ok := claims["sub"].(string); !ok {
-		if cid, _ := claims["client_id"].(string); cid != "" {
-			claims["sub"] = cid
-		} else {
-			return nil, time.Time{}, errors.New("introspection gave no sub")
+	// sub is optional in RFC 7662: a token without one (client
+	// credentials) is its client's. Present, it must be a non-empty string
+	// (as for JWTs): an identity without a subject cannot be authorized,
+	// revoked or logged out, and a non-string one is not the client.
+	if v, ok := claims["sub"]; !ok || v == nil {
+		cid, _ := claims["client_id"].(string)
+		if cid == "" {
+			return nil, time.Time{}, errors.New("introspection gave no sub and no client_id")
 		}
+		claims["sub"] = cid
+	} else if sub, _ := v.(string); sub == "" {
+		return nil, time.Time{}, fmt.Errorf("introspection gave an empty or non-string sub (%q)", idp.Printable(fmt.Sprint(v), 60))
 	}
 	if _, ok := claims["iss"]; !ok {
 		claims["iss"] = p.Metadata().Issuer

@@ -259,3 +259,83 @@ func TestIntrospectionTokenType(t *testing.T) {
 		})
 	}
 }
+
+// TestIntrospectionIdentityClaims: an active answer is an identity only
+// with a subject (sub, or the client_id of a token without sub), the
+// provider's iss when it names one, an exp in the future, and, with an
+// audience configured, an aud naming it. An answer with an empty or
+// non-string sub (which would authorize a user nobody can name, revoke or
+// log out, or make a user's token its client's), a non-string iss or a
+// missing aud with an audience configured is refused as any invalid token.
+func TestIntrospectionIdentityClaims(t *testing.T) {
+	set := func(k string, v any) func(map[string]any) { return func(a map[string]any) { a[k] = v } }
+	del := func(ks ...string) func(map[string]any) {
+		return func(a map[string]any) {
+			for _, k := range ks {
+				delete(a, k)
+			}
+		}
+	}
+	type answer struct {
+		name   string
+		mut    func(map[string]any)
+		status int
+		user   string // the upstream's X-Auth-Request-User on 200
+		why    string // in the log line of a 401
+	}
+	op := startOP(t, testop.Options{})
+	for _, site := range []struct {
+		name  string
+		extra []string
+		cases []answer
+	}{
+		{"default audience", nil, []answer{
+			{"sub", nil, 200, "u1", ""},
+			{"empty sub", set("sub", ""), 401, "", "sub"},
+			{"numeric sub", set("sub", 42), 401, "", "sub"},
+			{"object sub", set("sub", map[string]any{"id": "u1"}), 401, "", "sub"},
+			{"no sub: the client's token", del("sub"), 200, testop.WebClientID, ""},
+			{"null sub: the client's token", set("sub", nil), 200, testop.WebClientID, ""},
+			{"no sub, no client_id", del("sub", "client_id"), 401, "", "sub"},
+			{"empty sub, no client_id", func(a map[string]any) { a["sub"] = ""; delete(a, "client_id") }, 401, "", "sub"},
+			{"other iss", set("iss", "https://evil.example"), 401, "", "issuer"},
+			{"non-string iss", set("iss", 1), 401, "", "issuer"},
+			{"empty iss", set("iss", ""), 401, "", "issuer"},
+			{"no iss: the provider's", del("iss"), 200, "u1", ""},
+			{"exp past", set("exp", time.Now().Add(-time.Minute).Unix()), 401, "", "expired"},
+			{"no exp", del("exp"), 401, "", "exp"},
+			{"exp a string", set("exp", "9999999999"), 401, "", "exp"},
+			{"other aud", set("aud", "other-api"), 401, "", "audience"},
+			{"no aud, this client", del("aud"), 200, "u1", ""},
+			{"no aud, other client", func(a map[string]any) { delete(a, "aud"); a["client_id"] = "other" }, 401, "", "another client"},
+		}},
+		{"audience configured", []string{"audience api://orders"}, []answer{
+			{"aud names the API", set("aud", []string{"api://orders"}), 200, "u1", ""},
+			{"aud is the client only", nil, 401, "", "audience"},
+			{"no aud, this client", del("aud"), 401, "", "aud"},
+		}},
+	} {
+		up := newUpstream(t)
+		f := newFakeIntrospection(t)
+		siteURL, logs := startCaddyLogged(t, oidcBlock(op, append([]string{"introspection " + f.URL}, site.extra...)...), up)
+		for _, tt := range site.cases {
+			t.Run(site.name+"/"+tt.name, func(t *testing.T) {
+				tok := "opaque-" + strings.NewReplacer(" ", "-", ",", "", ":", "", "'", "").Replace(site.name+"-"+tt.name)
+				f.activate(op, tok, "u1", tt.mut)
+				resp := get(t, browser(), siteURL+"/api", "Authorization", "Bearer "+tok)
+				if resp.StatusCode != tt.status {
+					t.Fatalf("status %d, want %d: %s", resp.StatusCode, tt.status, body(t, resp))
+				}
+				if tt.status == 401 && !strings.Contains(resp.Header.Get("WWW-Authenticate"), "invalid_token") {
+					t.Fatalf("WWW-Authenticate %q", resp.Header.Get("WWW-Authenticate"))
+				}
+				if line := lastLine(logs(), "bearer token rejected"); tt.status == 401 && !strings.Contains(line, tt.why) {
+					t.Fatalf("log line %q does not say %q", line, tt.why)
+				}
+				if got := up.header().Get("X-Auth-Request-User"); tt.status == 200 && got != tt.user {
+					t.Fatalf("upstream user %q, want %q", got, tt.user)
+				}
+			})
+		}
+	}
+}

@@ -257,7 +257,8 @@ type Provider struct {
 	// IntrospectionEndpoint). An active answer is cached for
 	// IntrospectionCache (never past the token's expiry), an inactive or
 	// invalid one for 10 s; concurrent requests with one token make one call,
-	// and at most 32 calls are in flight (more wait up to 1 s, then 503).
+	// and at most 32 calls of this handler are in flight (more wait up to
+	// 1 s, then 503).
 	// Answers whose token_type is not an access token's are refused.
 	Introspection bool `json:"introspection,omitempty"`
 

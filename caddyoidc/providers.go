@@ -301,10 +301,18 @@ func (ps *providerSet) serveHTTP(o *OIDC, w http.ResponseWriter, r *http.Request
 }
 
 // serveNoSession answers a request whose cookies open no session (several
-// providers' sessions): unauthenticated, as without cookies.
+// providers' sessions): unauthenticated, as without cookies. As for a
+// request whose chunks of one provider open none, every provider's chunks
+// it carries are expired (under every Domain and Path it could hold them):
+// a chunk tossed in under a Path only this page matches is never sent to
+// the callback, so no login would remove it and the page would stay
+// without a session for good.
 func (ps *providerSet) serveNoSession(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	f := ps.fallback
-	f.logger.Warn("session cookies of several providers: none is used", zap.String("remote", r.RemoteAddr))
+	f.logger.Warn("session cookies of several providers: none is used; they are expired", zap.String("remote", r.RemoteAddr))
+	for _, c := range ps.interactive {
+		c.expireDeadChunks(w, r)
+	}
 	f.removeIdentityHeaders(r)
 	count(f.rt.m.verifications, "session", "invalid")
 	return f.serveAnonymous(w, r, next)
@@ -374,6 +382,17 @@ func (ps *providerSet) forSession(r *http.Request) (found *OIDC, ambiguous bool)
 		return nil, true
 	}
 	return found, false
+}
+
+// siblingChunks tells whether the request carries session chunks of
+// another provider of the site.
+func (o *OIDC) siblingChunks(r *http.Request) bool {
+	for _, s := range o.rt.siblings {
+		if _, _, _, present := scanChunks(r, s.cookieOpts(r), nil); present {
+			return true
+		}
+	}
+	return false
 }
 
 // hasSession tells whether the request carries a session chunk of this

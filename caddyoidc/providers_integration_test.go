@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -348,5 +349,47 @@ func TestProvidersDeviceFlowAtNamedProvider(t *testing.T) {
 	if resp := get(t, browser(), e.site.URL+"/api", "Authorization", "Bearer "+tok); resp.StatusCode != 200 ||
 		e.up.header().Get("X-Auth-Request-Provider") != "partner" {
 		t.Fatalf("device AZAT: %d provider %q", resp.StatusCode, e.up.header().Get("X-Auth-Request-Provider"))
+	}
+}
+
+// TestProvidersTossedSiblingChunk: a sibling subdomain tosses a chunk of
+// the other provider's session cookie beside the user's. The request then
+// has no session (neither provider's cookies choose it), the navigation
+// goes to the chooser, not to the provider the tossed cookie names, and the
+// browser recovers with a fresh login, also when the chunk was tossed under
+// a Path only the page matches (never sent to the callback, so the login's
+// expiry of the other provider's cookies cannot reach it: the sessionless
+// request itself expires it).
+func TestProvidersTossedSiblingChunk(t *testing.T) {
+	opts := testop.Options{Clients: []testop.Client{{ID: "toss", Secret: "toss-secret",
+		RedirectURIGlobs: []string{"http://app.example.test:*/**"}}}}
+	corp, partner := startOP(t, opts), startOP(t, opts)
+	up := newUpstream(t)
+	block := func(name string, op *testop.OP) string {
+		return "provider " + name + " {\n\t\t\tissuer " + op.Issuer + "\n\t\t\tclient_id toss\n\t\t\tclient_secret toss-secret\n\t\t}"
+	}
+	site := startCaddyAt(t, fmt.Sprintf("app.example.test:%d", freePort(t)),
+		"oidc {\n\t\t"+block("corp", corp)+"\n\t\t"+block("partner", partner)+"\n\t}", up, "")
+	s := &tossSite{URL: site.URL, up: up}
+	for _, path := range []string{"/", "/app"} {
+		t.Run("tossed under Path "+path, func(t *testing.T) {
+			victim := s.browser()
+			login(t, victim, corp, s.URL, "/auth/login?provider=corp&back=%2Fapp%2Fpage")
+			if code, user := s.user(t, victim, "/app/page"); code != 200 || user != testop.UserID {
+				t.Fatalf("victim after login: %d %q", code, user)
+			}
+			toss(victim, "caddy_oidc-partner_0", "tossed", path)
+			resp := get(t, victim, s.URL+"/app/page", navigate...)
+			if loc, _ := resp.Location(); resp.StatusCode != http.StatusFound || loc == nil || loc.Path != "/auth/login" || loc.Query().Has("provider") {
+				t.Fatalf("navigation with both providers' cookies: %d to %v, want the chooser", resp.StatusCode, loc)
+			}
+			if code, user := s.user(t, victim, "/app/page"); code != http.StatusUnauthorized {
+				t.Fatalf("after the tossed partner chunk: %d as %q, want 401", code, user)
+			}
+			login(t, victim, corp, s.URL, "/auth/login?provider=corp&back=%2Fapp%2Fpage")
+			if code, user := s.user(t, victim, "/app/page"); code != 200 || user != testop.UserID {
+				t.Fatalf("fresh login after the tossed chunk: %d %q (the browser stays without a session)", code, user)
+			}
+		})
 	}
 }

@@ -112,11 +112,13 @@ func (o *OIDC) unauthenticated(w http.ResponseWriter, r *http.Request, code, des
 
 // loginURL is the login route's URL returning to back (made safe). On a
 // site with several providers, a request that held a session of this one
-// logs in here again; any other gets the chooser (or the default).
+// (and of no other) logs in here again; any other gets the chooser (or the
+// default): with two providers' cookies, one may be tossed in, and it must
+// not choose where the user logs in.
 func (o *OIDC) loginURL(r *http.Request, back string) string {
 	u := o.Routes + "/login?"
 	if o.rt != nil && o.rt.providerQuery != "" {
-		if _, _, _, present := scanChunks(r, o.cookieOpts(r), nil); present {
+		if _, _, _, present := scanChunks(r, o.cookieOpts(r), nil); present && !o.siblingChunks(r) {
 			u += o.rt.providerQuery + "&"
 		}
 	}
