@@ -712,3 +712,52 @@ func TestRedteam4RefreshStormTwoInstances(t *testing.T) {
 		})
 	}
 }
+
+// TestRedteam4StoreSweepBetweenIndexAndRecord:
+// attack: a login on one instance writes the new session's index entries,
+// then its record (storedSessions.save: index first, "a stored session a
+// back-channel logout cannot find is never created"); another instance's
+// sweep runs between the two writes. The provider then sends a
+// back-channel logout for the user.
+// expected: the session ends (the sweep spares an index entry whose
+// session may still be being written).
+// FINDING when written: sweepIndex deletes every entry whose record does
+// not exist at that moment, so the entry of a login in flight goes, the
+// record is written after it, and the back-channel logout finds nothing:
+// the session lives on until it expires.
+func TestRedteam4StoreSweepBetweenIndexAndRecord(t *testing.T) {
+	for _, between := range []bool{false, true} {
+		t.Run(map[bool]string{false: "control: no sweep in between", true: "sweep in between"}[between], func(t *testing.T) {
+			ctx := context.Background()
+			dir := t.TempDir()
+			a, b := sessionsHandler(t, "store", dir), sessionsHandler(t, "store", dir)
+			s := testSession(a.Issuer)
+			s.ProviderSID = "psid-1"
+			s.labelIdentity()
+			// storedSessions.save(created) on a, with b's sweep in between.
+			if err := a.rt.stored.index(ctx, s); err != nil {
+				t.Fatal(err)
+			}
+			if between {
+				b.sweep(ctx, time.Now())
+			}
+			if err := a.rt.stored.store(ctx, s); err != nil {
+				t.Fatal(err)
+			}
+			raw := a.rt.sealer.Seal([]byte(s.ID), a.rt.sessions.purpose())
+			if got, _ := a.rt.sessions.open(ctx, raw); got == nil {
+				t.Fatal("legitimate: the new session does not open")
+			}
+			// A sweep once the record exists keeps the entries.
+			b.sweep(ctx, time.Now())
+			for _, idx := range indexesFor(a.Issuer, "", "alice") {
+				if _, err := b.rt.stored.endIndexed(ctx, idx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got, _ := a.rt.sessions.open(ctx, raw); got != nil {
+				t.Fatal("a back-channel logout of the user missed a session whose index entry a concurrent sweep deleted")
+			}
+		})
+	}
+}
