@@ -77,7 +77,7 @@ func newR4Env(t *testing.T) *r4Env {
 
 // instance provisions a handler on the shared storage (through st when
 // given). cache is session_cache (-1: read storage every time).
-func (e *r4Env) instance(t *testing.T, mode string, cache time.Duration, st *r4Storage, azat bool) *OIDC {
+func (e *r4Env) instance(t *testing.T, mode string, cache time.Duration, st *r4Storage, azat bool, mut ...func(*OIDC)) *OIDC {
 	t.Helper()
 	if st == nil {
 		st = &r4Storage{FileStorage: &certmagic.FileStorage{Path: e.dir}}
@@ -87,6 +87,9 @@ func (e *r4Env) instance(t *testing.T, mode string, cache time.Duration, st *r4S
 		CookieSecret: strings.Repeat("s", 32), Session: mode, SessionCache: caddy.Duration(cache)}
 	if azat {
 		o.AZAT = &azatauth.Config{Issuer: "https://proxy.example"}
+	}
+	for _, f := range mut {
+		f(o)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -759,5 +762,71 @@ func TestRedteam4StoreSweepBetweenIndexAndRecord(t *testing.T) {
 				t.Fatal("a back-channel logout of the user missed a session whose index entry a concurrent sweep deleted")
 			}
 		})
+	}
+}
+
+// TestRedteam4AZATPendingGrantOverNewLogin:
+// attack: instance A refreshes a user's grant but storage refuses it (A
+// keeps it in memory: unstored, 24 h). The user logs out on instance B (the
+// grant is forgotten) and logs in again there (a new grant: new refresh
+// token, new claims, e.g. a group removed meanwhile). When the new grant's
+// access token goes stale, a request reaches A.
+// expected: the new login's grant stays (A's memory is of a grant that has
+// ended since; a record rewritten since the refresh is not A's to
+// overwrite).
+// FINDING when written: refreshGrant drops the pending grant only when the
+// stored one is not usable (a tombstone); over the new login's usable
+// grant, the pending one "wins over storage": A writes back the logged-out
+// login's refresh token and claims over the new login.
+func TestRedteam4AZATPendingGrantOverNewLogin(t *testing.T) {
+	e := newR4Env(t)
+	ctx := context.Background()
+	noCache := func(o *OIDC) { o.AZAT.GrantCache = caddy.Duration(-1) }
+	stA := &r4Storage{FileStorage: &certmagic.FileStorage{Path: e.dir}, failOn: "/azat/grants/"}
+	a := e.instance(t, "cookie", -1, stA, true, noCache)
+	b := e.instance(t, "cookie", -1, nil, true, noCache)
+	key := e.op.Issuer + "#" + testop.UserID
+	grant := func(o *OIDC, login string) string {
+		at, rt, idt, claims := e.tokens(t)
+		claims["login"] = login
+		if err := o.azat.Grants().Put(ctx, &azatauth.Grant{Key: key, AccessToken: at, TokenType: "Bearer",
+			Expiry: time.Now().Add(-time.Minute).Unix(), RefreshToken: rt, IDToken: idt, Claims: claims}); err != nil {
+			t.Fatal(err)
+		}
+		m, err := o.azat.Mint(ctx, key, "https://proxy.example")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m.Token
+	}
+	serve := func(o *OIDC, tok string) (int, string) {
+		w, user := r4Serve(t, o, "GET", "http://proxy.example/api", nil, "Authorization", "Bearer "+tok)
+		return w.Code, user
+	}
+	first := grant(a, "first")
+	stA.fail.Store(true)
+	if code, user := serve(a, first); user != testop.UserID {
+		t.Fatalf("A while grant storage fails: %d %q", code, user)
+	}
+	stA.fail.Store(false)
+	// Logout and a new login on B.
+	s := testSession(e.op.Issuer)
+	s.Identity.Subject, s.GrantKey, s.RefreshToken = testop.UserID, key, ""
+	if err := b.endSession(ctx, b.rt.disc.Get(ctx), s.labelIdentity()); err != nil {
+		t.Fatal(err)
+	}
+	second := grant(b, "second")
+	if code, user := serve(a, first); user != "" {
+		t.Fatalf("the AZAT of the logged-out login works on A: %d %q", code, user)
+	}
+	if code, user := serve(a, second); user != testop.UserID {
+		t.Fatalf("legitimate: the new login's AZAT on A: %d %q", code, user)
+	}
+	g, err := b.azat.Grants().LoadFresh(ctx, key)
+	if err != nil || !g.Usable() {
+		t.Fatalf("the new login's grant is gone: %v", err)
+	}
+	if g.Claims["login"] != "second" {
+		t.Fatalf("A wrote the logged-out login's grant (claims of login %v) over the new login's", g.Claims["login"])
 	}
 }
