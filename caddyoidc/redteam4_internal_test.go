@@ -41,6 +41,13 @@ type r4Storage struct {
 	fail   atomic.Bool
 	mu     sync.Mutex
 	keys   []string // written
+	locks  atomic.Int64
+}
+
+// Lock counts the storage locks taken.
+func (s *r4Storage) Lock(ctx context.Context, name string) error {
+	s.locks.Add(1)
+	return s.FileStorage.Lock(ctx, name)
 }
 
 func (s *r4Storage) written() []string {
@@ -131,6 +138,9 @@ func (e *r4Env) login(t *testing.T, o *OIDC) (*session, r4Jar) {
 	t.Helper()
 	at, rt, idt, claims := e.tokens(t)
 	sid, _ := claims["sid"].(string)
+	if sid == "" {
+		sid = "psid-" + seal.RandomString(8) // testop names no provider session: as a provider with back-channel logout would
+	}
 	now := time.Now()
 	s := (&session{ID: seal.RandomString(32), AccessToken: at, TokenType: "Bearer", RefreshToken: rt, IDToken: idt,
 		Expiry: now.Add(-time.Minute).Unix(), Created: now.Unix(), CreatedMs: now.UnixMilli(), ProviderSID: sid,
@@ -657,8 +667,12 @@ func TestRedteam4UnauthenticatedGrowth(t *testing.T) {
 // all carrying the same session whose access token is stale, against a
 // slow provider that rotates refresh tokens.
 // expected (store): one provider refresh in all (singleflight in each
-// instance, the record's storage lock and re-read across them) and every
-// request served. DEFENCE.
+// instance, the record's storage lock and re-read across them), every
+// request served, and none kept waiting long after the provider answered.
+// FINDING when written (the latency): every request then saves the
+// shared result again (saveSession -> storedSessions.update, which takes
+// the record's storage lock): 40 lock round trips, the slowest request
+// ~13 s for a 300 ms provider.
 // cookie mode cannot share a refresh across instances (nothing is
 // stored): each instance makes at most one call; the instance that loses
 // the race spends a rotated token and its requests are not served (the
@@ -669,20 +683,29 @@ func TestRedteam4RefreshStormTwoInstances(t *testing.T) {
 	for _, mode := range []string{"store", "cookie"} {
 		t.Run(mode, func(t *testing.T) {
 			e := newR4Env(t)
-			insts := []*OIDC{e.instance(t, mode, -1, nil, false), e.instance(t, mode, -1, nil, false)}
+			sts := []*r4Storage{{FileStorage: &certmagic.FileStorage{Path: e.dir}}, {FileStorage: &certmagic.FileStorage{Path: e.dir}}}
+			insts := []*OIDC{e.instance(t, mode, -1, sts[0], false), e.instance(t, mode, -1, sts[1], false)}
 			_, jar := e.login(t, insts[0])
+			locks := sts[0].locks.Load() + sts[1].locks.Load()
 			e.op.SetTokenDelay(300 * time.Millisecond)
 			defer e.op.SetTokenDelay(0)
 			const n = 20
 			var wg sync.WaitGroup
 			served := make([]atomic.Int32, len(insts))
 			errs := make(chan error, 2*n)
+			var latMu sync.Mutex
+			var slowest time.Duration
 			for i, o := range insts {
 				for range n {
 					wg.Add(1)
 					go func() {
 						defer wg.Done()
+						start := time.Now()
 						_, user, err := r4Do(o, "GET", r4API, jar.clone())
+						d := time.Since(start)
+						latMu.Lock()
+						slowest = max(slowest, d)
+						latMu.Unlock()
 						if err != nil {
 							errs <- err
 						}
@@ -698,11 +721,19 @@ func TestRedteam4RefreshStormTwoInstances(t *testing.T) {
 				t.Fatal(err)
 			}
 			calls := e.op.TokenCalls("refresh_token")
-			t.Logf("%s: %d provider refreshes; served on A %d/%d, on B %d/%d", mode, calls, served[0].Load(), n, served[1].Load(), n)
+			locks = sts[0].locks.Load() + sts[1].locks.Load() - locks
+			t.Logf("%s: %d provider refreshes, %d storage locks; served on A %d/%d, on B %d/%d; slowest request %v",
+				mode, calls, locks, served[0].Load(), n, served[1].Load(), n, slowest)
 			switch mode {
 			case "store":
 				if calls != 1 || served[0].Load() != n || served[1].Load() != n {
 					t.Fatalf("store storm: %d refreshes (want 1), served %d and %d of %d", calls, served[0].Load(), served[1].Load(), n)
+				}
+				// One refresh per instance under the record's lock; not one
+				// lock (and record write) per request, which queues the storm
+				// on the storage lock (file storage polls it every second).
+				if slowest > 300*time.Millisecond+3*time.Second {
+					t.Fatalf("store storm: the slowest request took %v for a 300ms provider (%d storage locks for %d requests)", slowest, locks, 2*n)
 				}
 			case "cookie":
 				if calls > 2 {
@@ -828,5 +859,73 @@ func TestRedteam4AZATPendingGrantOverNewLogin(t *testing.T) {
 	}
 	if g.Claims["login"] != "second" {
 		t.Fatalf("A wrote the logged-out login's grant (claims of login %v) over the new login's", g.Claims["login"])
+	}
+}
+
+// r4BackchannelLogout posts a logout token signed by the provider to o,
+// naming sid (when not empty) or the test user.
+func (e *r4Env) backchannelLogout(t *testing.T, o *OIDC, sid string) {
+	t.Helper()
+	now := time.Now()
+	c := map[string]any{"iss": e.op.Issuer, "aud": testop.WebClientID, "iat": now.Unix(), "exp": now.Add(2 * time.Minute).Unix(),
+		"jti": seal.RandomString(16), "sub": testop.UserID,
+		"events": map[string]any{"http://schemas.openid.net/event/backchannel-logout": map[string]any{}}}
+	if sid != "" {
+		c["sid"] = sid
+		delete(c, "sub")
+	}
+	tok, err := e.op.SignJWT(c, map[string]any{"typ": "logout+jwt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := httptest.NewRequest("POST", "http://site.example/auth/backchannel-logout", strings.NewReader(url.Values{"logout_token": {tok}}.Encode()))
+	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	w := httptest.NewRecorder()
+	if err := o.ServeHTTP(w, r, nop); err != nil || w.Code != http.StatusOK {
+		t.Fatalf("back-channel logout: %d %s %v", w.Code, w.Body.String(), err)
+	}
+}
+
+// DEFENCE. TestRedteam4BackchannelAfterRefreshOtherInstance:
+// attack: a session is refreshed on instance A (a new cookie, the same
+// session); the provider's back-channel logout (by sid, by sub) reaches
+// instance B. Copies of the old and the new cookie are replayed on A.
+// expected: both are refused on A (cookie mode: once A reloaded the
+// revocations; store mode: at once, no session_cache here); a login made
+// after the logout works (a sub logout ends only earlier logins).
+func TestRedteam4BackchannelAfterRefreshOtherInstance(t *testing.T) {
+	for _, mode := range []string{"cookie", "store"} {
+		for _, bySID := range []bool{true, false} {
+			t.Run(mode+map[bool]string{true: "/sid", false: "/sub"}[bySID], func(t *testing.T) {
+				e := newR4Env(t)
+				a := e.instance(t, mode, -1, nil, false)
+				b := e.instance(t, mode, -1, nil, false)
+				s, old := e.login(t, a)
+				w, user := r4Serve(t, a, "GET", r4API, old.clone())
+				if user != testop.UserID {
+					t.Fatalf("refresh on A: %d %q", w.Code, user)
+				}
+				cur := old.clone()
+				cur.update(w)
+				sid := ""
+				if bySID {
+					sid = s.ProviderSID
+				}
+				e.backchannelLogout(t, b, sid)
+				if err := a.loadRevocations(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+				for which, j := range map[string]r4Jar{"old": old, "new": cur} {
+					if _, user := r4Serve(t, a, "GET", r4API, j.clone()); user != "" {
+						t.Fatalf("the %s cookie works on A after a back-channel logout on B", which)
+					}
+				}
+				time.Sleep(2 * time.Millisecond) // a login after the logout, not in its millisecond
+				_, fresh := e.login(t, a)
+				if _, user := r4Serve(t, a, "GET", r4API, fresh); user != testop.UserID {
+					t.Fatalf("legitimate: a login after the back-channel logout: %q", user)
+				}
+			})
+		}
 	}
 }
