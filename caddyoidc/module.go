@@ -669,6 +669,7 @@ type runtime struct {
 	disc             *idp.Discoverer
 	refreshes        *singleflight.Group
 	recent           recentResults[*session] // session refreshes by refreshKey
+	refused          recentResults[bool]     // refreshKeys the provider refused
 	usedStates       *expiry.Map[string, struct{}]
 	introspected     *expiry.Map[[32]byte, *identity]
 	remote           *remoteChecks
@@ -677,7 +678,7 @@ type runtime struct {
 	// the mode (it is sessions with `session store`).
 	sessions sessionBackend
 	stored   *storedSessions
-	unstored recentResults[*azatauth.Grant] // refreshed grants not yet stored
+	unstored recentResults[*unstoredGrant] // refreshed grants not yet stored
 	device   deviceLimits
 	revoked  revocations
 	mu       sync.Mutex

@@ -110,6 +110,9 @@ func (o *OIDC) refresh(ctx context.Context, p *provider, s *session, force bool)
 	if ns, ok := o.rt.recent.get(key); ok {
 		return ns, nil
 	}
+	if _, ok := o.rt.refused.get(key); ok {
+		return nil, errGrantGone
+	}
 	return coordinate(ctx, o, "session\x00"+key, func(ctx context.Context) (*session, error) {
 		if ns, ok := o.rt.recent.get(key); ok {
 			return ns, nil
@@ -121,6 +124,12 @@ func (o *OIDC) refresh(ctx context.Context, p *provider, s *session, force bool)
 			return o.refreshAtIdP(ctx, p, cur)
 		})
 		switch {
+		case errors.Is(err, errGrantGone):
+			// A replay of the cookie does not ask the provider again. (Not
+			// a revocation of the session: in cookie mode another instance
+			// may have refreshed it, and its new cookie, with the same
+			// session id, must keep working.)
+			o.rt.refused.put(key, true, refusedTTL)
 		case err != nil:
 		case persisted:
 			o.rt.recent.put(key, ns, recentRefreshTTL)
@@ -147,19 +156,26 @@ func (o *OIDC) refreshGrant(ctx context.Context, p *provider, key, stale string,
 			gone bool
 		)
 		// A refreshed grant that could not be stored holds the live refresh
-		// token (the provider may have rotated it): it wins over storage.
+		// token (the provider may have rotated it): it wins over storage,
+		// as long as storage still holds the grant it was refreshed from.
 		pending, _ := o.rt.unstored.get(key)
+		var stored string // the refresh token in storage
 		_, err := o.azat.Grants().Update(ctx, key, func(cur *azatauth.Grant) (*azatauth.Grant, error) {
-			if pending != nil && cur != nil && !cur.Usable() {
+			if cur != nil {
+				stored = cur.RefreshToken
+			}
+			if pending != nil && (!cur.Usable() || cur.RefreshToken != pending.stored) {
 				// Ended meanwhile (logout, back-channel logout, invalid_grant,
-				// perhaps on another instance): the grant kept in memory ends too.
+				// perhaps on another instance), or replaced by a new login:
+				// the grant kept in memory ends too, and never overwrites
+				// the new login's.
 				pending = nil
 				o.rt.unstored.forget(key)
 			}
 			if pending != nil {
 				// Tokens from memory, the jti window from storage (mints and
 				// revocations may have happened since).
-				merged := pending.Clone()
+				merged := pending.g.Clone()
 				if cur != nil {
 					merged.MinJTI, merged.MaxJTI = cur.MinJTI, cur.MaxJTI
 				}
@@ -196,7 +212,7 @@ func (o *OIDC) refreshGrant(ctx context.Context, p *provider, key, stale string,
 				if out != nil {
 					// Refreshed but not stored: keep it, a later request stores it.
 					o.logger.Error("storing the refreshed grant failed; kept in memory", errField(err))
-					o.rt.unstored.put(key, out, unstoredTTL)
+					o.rt.unstored.put(key, &unstoredGrant{g: out, stored: stored}, unstoredTTL)
 					return out, nil
 				}
 				o.logger.Error("grant store failed during refresh", errField(err))
@@ -211,6 +227,14 @@ func (o *OIDC) refreshGrant(ctx context.Context, p *provider, key, stale string,
 		}
 		return out, nil
 	})
+}
+
+// unstoredGrant is a refreshed grant that could not be written to storage.
+type unstoredGrant struct {
+	g *azatauth.Grant
+	// stored is the refresh token storage held when g was made: g stands
+	// for that record only while storage still holds it.
+	stored string
 }
 
 // grantSession views a grant as a session for refreshAtIdP.
@@ -229,6 +253,7 @@ func (o *OIDC) sessionFromGrant(ctx context.Context, p *provider, s *session, fo
 		return nil, err
 	}
 	ns := *s
+	ns.persisted = false
 	ns.AccessToken, ns.TokenType, ns.Expiry, ns.IDToken = g.AccessToken, g.TokenType, g.Expiry, g.IDToken
 	ns.Identity = newIdentity(g.Claims, o.RolesClaim, idp.UnverifiedClaims(g.AccessToken))
 	return ns.labelIdentity(), nil
@@ -251,6 +276,7 @@ func (o *OIDC) refreshAtIdP(ctx context.Context, p *provider, s *session) (*sess
 	}
 	o.observeRefresh(start, "success")
 	ns := *s
+	ns.persisted = false
 	ns.AccessToken = tok.AccessToken
 	ns.TokenType = tok.TokenType
 	ns.Expiry = 0
@@ -306,6 +332,9 @@ const (
 	// unstoredTTL keeps a refreshed session or grant that could not be
 	// written to storage.
 	unstoredTTL = 24 * time.Hour
+	// refusedTTL: how long a refresh token the provider refused is
+	// refused here without asking it again (per instance).
+	refusedTTL = time.Hour
 )
 
 // recentResults remembers refresh results by key until their expiry

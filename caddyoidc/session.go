@@ -33,6 +33,10 @@ type session struct {
 
 	// revocationKeys: see sessionRevocationKeys (not stored).
 	revocationKeys [3]string
+	// persisted: this session was just stored by its refresh
+	// (storedSessions.refresh), so saving it again is not needed. Never
+	// carried into a copy (refresh.go resets it).
+	persisted bool
 }
 
 // createdMs is the login time in milliseconds (sessions of earlier

@@ -91,7 +91,9 @@ func (st *storedSessions) open(ctx context.Context, raw string) (*session, error
 // session is indexed first: a stored session a back-channel logout cannot
 // find is never created (a stray entry of a failed login is swept). A
 // refreshed one is written only over a record that still exists
-// (errSessionEnded otherwise).
+// (errSessionEnded otherwise), unless the refresh stored it already
+// (persisted): then every request that shares the refresh's result would
+// take the record's lock to write it again.
 func (st *storedSessions) save(ctx context.Context, s *session, created bool) (string, error) {
 	ctx = context.WithoutCancel(ctx)
 	if created {
@@ -101,8 +103,10 @@ func (st *storedSessions) save(ctx context.Context, s *session, created bool) (s
 		if err := st.store(ctx, s); err != nil {
 			return "", err
 		}
-	} else if err := st.update(ctx, s); err != nil {
-		return "", err
+	} else if !s.persisted {
+		if err := st.update(ctx, s); err != nil {
+			return "", err
+		}
 	}
 	return st.sealer.Seal([]byte(s.ID), st.purpose()), nil
 }
@@ -147,9 +151,6 @@ func (st *storedSessions) refresh(ctx context.Context, s *session, at refreshFun
 	if cur == nil {
 		return nil, false, errGrantGone // logged out meanwhile
 	}
-	if cur.AccessToken != s.AccessToken && cur.usable(time.Now()) {
-		return cur, true, nil // another instance refreshed meanwhile
-	}
 	ns, err := at(ctx, cur)
 	if err != nil {
 		if errors.Is(err, errGrantGone) {
@@ -157,7 +158,21 @@ func (st *storedSessions) refresh(ctx context.Context, s *session, at refreshFun
 		}
 		return nil, false, err
 	}
+	if ns == cur {
+		ns.persisted = true // another instance refreshed it meanwhile
+		return ns, true, nil
+	}
+	if ns.ProviderSID != cur.ProviderSID {
+		// The provider session changed (a refreshed ID token with another
+		// sid): indexed under it too, for its back-channel logout.
+		if err := st.index(ctx, ns); err != nil {
+			count(st.m.storeErrors, "store")
+			st.logger.Error("indexing refreshed session failed", errField(err))
+		}
+	}
+	ns.persisted = true // before store shares it (session_cache)
 	if err := st.store(ctx, ns); err != nil {
+		ns.persisted = false
 		count(st.m.storeErrors, "store")
 		st.logger.Error("storing refreshed session failed; kept in memory", errField(err))
 		return ns, false, nil
@@ -286,7 +301,7 @@ func (st *storedSessions) endIndexed(ctx context.Context, index string) (int, er
 // sweep deletes records past their lifetime (also deleted when met) and
 // index entries whose session no longer exists, at most sweepBatch of each.
 func (st *storedSessions) sweep(ctx context.Context, now time.Time) int {
-	return st.sweepRecords(ctx, now) + st.sweepIndex(ctx)
+	return st.sweepRecords(ctx, now) + st.sweepIndex(ctx, now)
 }
 
 func (st *storedSessions) sweepRecords(ctx context.Context, now time.Time) int {
@@ -306,7 +321,7 @@ func (st *storedSessions) sweepRecords(ctx context.Context, now time.Time) int {
 	return n
 }
 
-func (st *storedSessions) sweepIndex(ctx context.Context) int {
+func (st *storedSessions) sweepIndex(ctx context.Context, now time.Time) int {
 	n, seen := 0, 0
 	for kind, cur := range map[string]*listCursor{"sid": &st.sweeps.sids, "sub": &st.sweeps.subs} {
 		for _, dir := range listBatch(ctx, st.storage, st.logger, indexPrefix+kind, cur) {
@@ -319,13 +334,28 @@ func (st *storedSessions) sweepIndex(ctx context.Context) int {
 					continue
 				}
 				id, err := st.sealer.Open(string(b), "session-index")
-				if (err != nil || !st.storage.Exists(ctx, sessionKey(string(id)))) && st.storage.Delete(ctx, k) == nil {
+				if err == nil && (st.storage.Exists(ctx, sessionKey(string(id))) || st.young(ctx, k, now)) {
+					continue
+				}
+				if st.storage.Delete(ctx, k) == nil {
 					n++
 				}
 			}
 		}
 	}
 	return n
+}
+
+// indexGrace spares an index entry without its session for a while: a
+// login writes the entry first and the record next, and a sweep between
+// the two must not leave a session its back-channel logout cannot find.
+const indexGrace = time.Minute
+
+// young tells whether the entry at key was written within indexGrace
+// before now (or its age is unknown).
+func (st *storedSessions) young(ctx context.Context, key string, now time.Time) bool {
+	info, err := st.storage.Stat(ctx, key)
+	return err != nil || info.Modified.IsZero() || now.Sub(info.Modified) < indexGrace
 }
 
 // Interface guard

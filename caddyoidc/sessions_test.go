@@ -113,7 +113,9 @@ func TestSessionBackends(t *testing.T) {
 				if !errors.Is(err, errGrantGone) {
 					t.Fatalf("refresh of an ended stored session: %v", err)
 				}
-				if _, err := sb.save(ctx, ns, false); !errors.Is(err, errSessionEnded) {
+				unstored := *ns
+				unstored.persisted = false // as a refresh whose store failed
+				if _, err := sb.save(ctx, &unstored, false); !errors.Is(err, errSessionEnded) {
 					t.Fatalf("saving a refreshed session over an ended one: %v", err)
 				}
 			}
@@ -130,17 +132,22 @@ func TestStoredRefreshReusesOtherInstances(t *testing.T) {
 	dir := t.TempDir()
 	a, b := sessionsHandler(t, "store", dir), sessionsHandler(t, "store", dir)
 	s := testSession(a.Issuer)
+	s.Expiry = time.Now().Add(time.Second).Unix() // within refresh_before
 	if _, err := a.rt.sessions.save(ctx, s, true); err != nil {
 		t.Fatal(err)
 	}
 	var calls atomic.Int32
 	at := func(_ context.Context, cur *session) (*session, error) {
+		// The coordinator's re-check, on the record as re-read under the lock.
+		if a.fresh(cur.AccessToken, cur.Expiry, s.AccessToken, false, time.Now()) {
+			return cur, nil
+		}
 		calls.Add(1)
 		if cur.RefreshToken != "rt-1" {
 			return nil, errGrantGone // a rotating provider refuses a spent token
 		}
 		n := *cur
-		n.AccessToken, n.RefreshToken = "at-2", "rt-2"
+		n.AccessToken, n.RefreshToken, n.Expiry = "at-2", "rt-2", time.Now().Add(time.Hour).Unix()
 		return &n, nil
 	}
 	na, _, err := a.rt.sessions.refresh(ctx, s, at)
