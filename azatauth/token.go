@@ -11,9 +11,9 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwk"
-	"github.com/lestrrat-go/jwx/v2/jws"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/jws"
 )
 
 // TokenType is the JOSE "typ" of every AZAT. Verification requires it, so an
@@ -64,18 +64,6 @@ func (a audience) MarshalJSON() ([]byte, error) {
 	return json.Marshal([]string(a))
 }
 
-type header struct {
-	Alg string `json:"alg"`
-	Kid string `json:"kid"`
-	Typ string `json:"typ"`
-	// Fields that must not appear: they would let the token pick its key.
-	Jku  any `json:"jku,omitempty"`
-	Jwk  any `json:"jwk,omitempty"`
-	X5u  any `json:"x5u,omitempty"`
-	X5c  any `json:"x5c,omitempty"`
-	Crit any `json:"crit,omitempty"`
-}
-
 var b64 = base64.RawURLEncoding
 
 // Mint signs claims with s and returns the compact JWS.
@@ -84,7 +72,7 @@ func Mint(ctx context.Context, s Signer, c *Claims) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	h, _ := json.Marshal(header{Alg: pub.Algorithm().String(), Kid: pub.KeyID(), Typ: TokenType})
+	h, _ := json.Marshal(jws.Header{Alg: pub.Algorithm().String(), Kid: pub.KeyID(), Typ: TokenType})
 	p, err := json.Marshal(c)
 	if err != nil {
 		return "", err
@@ -152,26 +140,15 @@ func Verify(token string, keys KeyLookup, want Expectations) (*Claims, error) {
 	if len(token) > MaxTokenSize {
 		return nil, ErrTooLarge
 	}
-	dot1 := bytes.IndexByte([]byte(token), '.')
-	if dot1 < 0 {
-		return nil, ErrMalformed
-	}
-	dot2 := dot1 + 1 + bytes.IndexByte([]byte(token[dot1+1:]), '.')
-	if dot2 <= dot1 || bytes.IndexByte([]byte(token[dot2+1:]), '.') >= 0 {
-		return nil, ErrMalformed
-	}
-	hb, err := b64.DecodeString(token[:dot1])
+	t, err := jws.Parse(token)
 	if err != nil {
 		return nil, ErrMalformed
 	}
-	var h header
-	if err := json.Unmarshal(hb, &h); err != nil {
-		return nil, ErrMalformed
-	}
+	h := &t.Header
 	if h.Typ != TokenType {
 		return nil, ErrNotAZAT
 	}
-	if h.Jku != nil || h.Jwk != nil || h.X5u != nil || h.X5c != nil || h.Crit != nil {
+	if h.EmbedsKey() {
 		return nil, ErrMalformed
 	}
 	key := keys(h.Kid)
@@ -182,19 +159,13 @@ func Verify(token string, keys KeyLookup, want Expectations) (*Claims, error) {
 	if h.Alg != alg || !allowedAlgs[alg] {
 		return nil, ErrAlgorithm
 	}
-	sig, err := b64.DecodeString(token[dot2+1:])
-	if err != nil {
-		return nil, ErrMalformed
-	}
-	v, err := jws.NewVerifier(jwa.SignatureAlgorithm(alg))
-	if err != nil {
-		return nil, ErrAlgorithm
-	}
-	if err := v.Verify([]byte(token[:dot2]), sig, key); err != nil {
+	pb, err := t.Verify(key)
+	switch {
+	case errors.Is(err, jws.ErrSignature):
 		return nil, ErrSignature
-	}
-	pb, err := b64.DecodeString(token[dot1+1 : dot2])
-	if err != nil {
+	case errors.Is(err, jws.ErrAlgorithm):
+		return nil, ErrAlgorithm
+	case err != nil:
 		return nil, ErrMalformed
 	}
 	var c Claims

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/caddy-oidc/caddy-oidc/internal/jws"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -54,10 +55,7 @@ type Client struct {
 
 // AsymmetricAlgs are the only algorithms accepted on provider-signed tokens:
 // "none" and HMAC (whose key would be the client secret) are never accepted.
-var AsymmetricAlgs = map[string]bool{
-	"RS256": true, "RS384": true, "RS512": true, "PS256": true, "PS384": true, "PS512": true,
-	"ES256": true, "ES384": true, "ES512": true, "EdDSA": true,
-}
+var AsymmetricAlgs = jws.Asymmetric
 
 // New builds the Client for a provider whose metadata is known, without any
 // network call (Discover fetches the metadata first).

@@ -2,8 +2,6 @@ package idp
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"slices"
@@ -12,8 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddy-oidc/caddy-oidc/internal/jws"
 	"github.com/lestrrat-go/jwx/v2/jwa"
-	"github.com/lestrrat-go/jwx/v2/jws"
 	"go.uber.org/zap"
 
 	"github.com/caddy-oidc/caddy-oidc/internal/jwks"
@@ -146,9 +144,9 @@ func jwksTTL(h http.Header) time.Duration {
 
 var (
 	errUnknownKey   = errors.New("no matching key for the token's kid")
-	ErrMalformedJWS = errors.New("malformed jws")
-	errAlgorithm    = errors.New("signature algorithm not allowed")
-	errSignature    = errors.New("bad signature")
+	ErrMalformedJWS = jws.ErrMalformed
+	errAlgorithm    = jws.ErrAlgorithm
+	errSignature    = jws.ErrSignature
 )
 
 // VerifySignature verifies the JWS with the key named by its kid and returns
@@ -159,38 +157,18 @@ func (k *KeySet) VerifySignature(ctx context.Context, token string) ([]byte, err
 }
 
 // JWSHeader is the part of a JOSE header this package reads.
-type JWSHeader struct {
-	Alg  string `json:"alg"`
-	Kid  string `json:"kid"`
-	Typ  string `json:"typ"`
-	Crit any    `json:"crit"`
-}
+type JWSHeader = jws.Header
 
-// VerifyJWS verifies a compact JWS: the header's alg must be in allowed
-// (or, with allowed nil, any asymmetric algorithm), the key is found by kid
-// (refetching the JWKS for an unknown kid) and must fit alg, then the
-// signature is checked. It returns the header and the payload.
+// VerifyJWS verifies a compact JWS (internal/jws): the header's alg must be
+// in allowed (or, with allowed nil, any asymmetric algorithm), the key is
+// found by kid (refetching the JWKS for an unknown kid) and must fit alg,
+// then the signature is checked. It returns the header and the payload.
 func (k *KeySet) VerifyJWS(ctx context.Context, token string, allowed []string) (*JWSHeader, []byte, error) {
-	dot1 := strings.IndexByte(token, '.')
-	if dot1 < 0 {
-		return nil, nil, ErrMalformedJWS
-	}
-	dot2 := strings.IndexByte(token[dot1+1:], '.')
-	if dot2 < 0 {
-		return nil, nil, ErrMalformedJWS
-	}
-	dot2 += dot1 + 1
-	if strings.IndexByte(token[dot2+1:], '.') >= 0 {
-		return nil, nil, ErrMalformedJWS
-	}
-	hb, err := base64.RawURLEncoding.DecodeString(token[:dot1])
+	t, err := jws.Parse(token)
 	if err != nil {
-		return nil, nil, ErrMalformedJWS
+		return nil, nil, err
 	}
-	var h JWSHeader
-	if err := json.Unmarshal(hb, &h); err != nil || h.Crit != nil {
-		return nil, nil, ErrMalformedJWS
-	}
+	h := &t.Header
 	if !AsymmetricAlgs[h.Alg] || (allowed != nil && !slices.Contains(allowed, h.Alg)) {
 		return nil, nil, errAlgorithm
 	}
@@ -198,22 +176,11 @@ func (k *KeySet) VerifyJWS(ctx context.Context, token string, allowed []string) 
 	if err != nil {
 		return nil, nil, err
 	}
-	sig, err := base64.RawURLEncoding.DecodeString(token[dot2+1:])
+	payload, err := t.Verify(raw)
 	if err != nil {
-		return nil, nil, ErrMalformedJWS
+		return nil, nil, err
 	}
-	v, err := jws.NewVerifier(jwa.SignatureAlgorithm(h.Alg))
-	if err != nil {
-		return nil, nil, errAlgorithm
-	}
-	if err := v.Verify([]byte(token[:dot2]), sig, raw); err != nil {
-		return nil, nil, errSignature
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(token[dot1+1 : dot2])
-	if err != nil {
-		return nil, nil, ErrMalformedJWS
-	}
-	return &h, payload, nil
+	return h, payload, nil
 }
 
 // key returns the key for kid and alg. A JWKS past its max-age is fetched
