@@ -209,6 +209,3 @@ func (c *Claims) check(want Expectations) error {
 	}
 	return nil
 }
-
-// PublicKeyFrom returns the public form of k (a no-op for public keys).
-func PublicKeyFrom(k jwk.Key) (jwk.Key, error) { return k.PublicKey() }

@@ -61,13 +61,6 @@ func (s *session) expired(lifetime time.Duration, now time.Time) bool {
 // refreshable tells whether the session can get new tokens.
 func (s *session) refreshable() bool { return s.RefreshToken != "" || s.GrantKey != "" }
 
-func (s *session) expiry() time.Time {
-	if s.Expiry == 0 {
-		return time.Time{}
-	}
-	return time.Unix(s.Expiry, 0)
-}
-
 // usable tells whether the access token can still be sent upstream.
 func (s *session) usable(now time.Time) bool { return tokenUsable(s.AccessToken, s.Expiry, now) }
 

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -189,5 +188,3 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
-
-func lines(s string) []string { return strings.Split(strings.TrimSpace(s), "\n") }

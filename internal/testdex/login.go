@@ -17,12 +17,6 @@ import (
 // Address and password." (Login's error wraps it).
 var ErrInvalidCredentials = errors.New("dex refused the email or password")
 
-// LoginAndGetCallback logs the first user in; see Login.
-func (d *Dex) LoginAndGetCallback(ctx context.Context, authorizeURL string) (callbackURL string, err error) {
-	email, password := d.User()
-	return d.Login(ctx, nil, authorizeURL, email, password)
-}
-
 // Login drives a login without a browser, like testop.OP.Login. startURL is
 // dex's authorization URL or an RP URL that redirects there (e.g. Caddy's
 // /auth/login?back=...). Redirects are followed with client (nil: a new

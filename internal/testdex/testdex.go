@@ -537,9 +537,6 @@ func (d *Dex) ClientID() string { return d.opts.ClientID }
 // ClientSecret returns the confidential client's secret.
 func (d *Dex) ClientSecret() string { return d.opts.ClientSecret }
 
-// RedirectURIs returns the confidential client's redirect URIs.
-func (d *Dex) RedirectURIs() []string { return slices.Clone(d.opts.RedirectURIs) }
-
 // PublicClient returns the public client's id ("" with NoPublicClient).
 func (d *Dex) PublicClient() (id string) {
 	if d.opts.NoPublicClient {
@@ -550,15 +547,6 @@ func (d *Dex) PublicClient() (id string) {
 
 // User returns the first user's login credentials (email and password).
 func (d *Dex) User() (email, password string) { return d.users[0].Email, d.users[0].Password }
-
-// Users returns the users of the password database.
-func (d *Dex) Users() []User {
-	us := slices.Clone(d.users)
-	for i := range us {
-		us[i].Groups = slices.Clone(us[i].Groups)
-	}
-	return us
-}
 
 // Subject returns the first user's "sub" claim; see Subject.
 func (d *Dex) Subject() string { return Subject(d.users[0].UserID) }
