@@ -1,13 +1,12 @@
 package idp
 
-import (
-	"testing"
-	"time"
-)
+import "time"
 
 // SetJWKSMinTTL lowers the shortest JWKS max-age honoured, for the duration
-// of a test, so that a test can pass a provider's max-age in seconds.
-func SetJWKSMinTTL(t testing.TB, d time.Duration) {
+// of a test (t is a testing.TB: the floor comes back at its Cleanup), so
+// that a test can pass a provider's max-age in seconds. Tests only; the
+// floor is a minute otherwise.
+func SetJWKSMinTTL(t interface{ Cleanup(func()) }, d time.Duration) {
 	old := jwksMinTTL
 	jwksMinTTL = d
 	t.Cleanup(func() { jwksMinTTL = old })
