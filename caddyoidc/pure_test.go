@@ -169,18 +169,24 @@ func TestHeaderValueStripsControlCharacters(t *testing.T) {
 
 func TestSameOrigin(t *testing.T) {
 	tests := []struct {
-		site, origin string
-		want         bool
+		url, site, origin string
+		want              bool
 	}{
-		{"same-origin", "", true},
-		{"cross-site", "", false},
-		{"same-site", "", false},
-		{"", "http://example.com", true},
-		{"", "http://evil.example", false},
-		{"", "", true},
+		{"http://example.com/auth/logout", "same-origin", "", true},
+		{"http://example.com/auth/logout", "cross-site", "", false},
+		{"http://example.com/auth/logout", "same-site", "", false},
+		{"http://example.com/auth/logout", "", "http://example.com", true},
+		{"http://example.com/auth/logout", "", "http://evil.example", false},
+		{"http://example.com/auth/logout", "", "", true},
+		// Behind a proxy that ended TLS, the page's https origin is ours.
+		{"http://example.com/auth/logout", "", "https://example.com", true},
+		// Over TLS, a page of http://example.com is another origin.
+		{"https://example.com/auth/logout", "", "http://example.com", false},
+		{"https://example.com/auth/logout", "", "https://example.com", true},
+		{"https://example.com/auth/logout", "", "null", false},
 	}
 	for _, tt := range tests {
-		r := httptest.NewRequest("POST", "http://example.com/auth/logout", nil)
+		r := httptest.NewRequest("POST", tt.url, nil)
 		if tt.site != "" {
 			r.Header.Set("Sec-Fetch-Site", tt.site)
 		}

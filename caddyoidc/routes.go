@@ -57,15 +57,18 @@ var browserRoutes = map[string]bool{
 
 // sameOrigin refuses cross-site requests: with fetch metadata the browser
 // must say same-origin (or none: typed by the user); else an Origin header,
-// when present, must be this host. Requests with neither (curl) pass: they
-// carry no ambient browser credentials of a victim.
+// when present, must be this host, and https when the request came over
+// TLS (a page of http://<this host> is another origin; without TLS here, a
+// proxy in front may have ended it, so either scheme passes). Requests with
+// neither (curl) pass: they carry no ambient browser credentials of a
+// victim.
 func sameOrigin(r *http.Request) bool {
 	if site := r.Header.Get("Sec-Fetch-Site"); site != "" {
 		return site == "same-origin" || site == "none"
 	}
 	if o := r.Header.Get("Origin"); o != "" {
 		u, err := url.Parse(o)
-		return err == nil && u.Host == r.Host
+		return err == nil && u.Host == r.Host && (r.TLS == nil || u.Scheme == "https")
 	}
 	return true
 }
