@@ -53,9 +53,14 @@ func (o *OIDC) verifyAZAT(ctx context.Context, r *http.Request, p *provider, tok
 
 // storeGrant keeps a login's refresh token as the user's grant.
 func (o *OIDC) storeGrant(ctx context.Context, s *session) error {
-	o.rt.unstored.forget(grantKey(s.Identity)) // a refresh of an earlier login kept in memory
-	return o.azat.Grants().Put(ctx, &azatauth.Grant{
+	if err := o.azat.Grants().Put(ctx, &azatauth.Grant{
 		Key: grantKey(s.Identity), AccessToken: s.AccessToken, TokenType: s.TokenType, Expiry: s.Expiry,
 		RefreshToken: s.RefreshToken, IDToken: s.IDToken, Claims: s.Identity.Claims,
-	})
+	}); err != nil {
+		return err
+	}
+	// A refresh of an earlier login kept in memory is not used again (only
+	// once this login is stored: until then it may hold the live token).
+	o.rt.unstored.forget(grantKey(s.Identity))
+	return nil
 }

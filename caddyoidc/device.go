@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 	"io/fs"
 	"net/http"
 	"slices"
@@ -17,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oidc/caddy-oidc/azatauth"
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 	"github.com/caddy-oidc/caddy-oidc/internal/seal"
 )
 

@@ -5,13 +5,14 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
-	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 	"html/template"
 	"io/fs"
 	"net/http"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 )
 
 // The approval page (RFC 8628 §5.4): it shows what the requester declared

@@ -4,13 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"github.com/caddy-oidc/caddy-oidc/internal/seal"
 	"net/http"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/caddy-oidc/caddy-oidc/internal/idp"
+	"github.com/caddy-oidc/caddy-oidc/internal/seal"
 )
 
 // flowLifetime bounds how long a login attempt may take at the provider.

@@ -9,7 +9,6 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
-	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 	"maps"
 	"math"
 	"math/rand/v2"
@@ -28,6 +27,7 @@ import (
 	whatwg "github.com/nlnwa/whatwg-url/url"
 
 	"github.com/caddy-oidc/caddy-oidc/internal/expiry"
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 	"github.com/caddy-oidc/caddy-oidc/internal/seal"
 )
 

@@ -2,7 +2,6 @@ package caddyoidc
 
 import (
 	"errors"
-	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 	"net/http"
 	"strings"
 	"time"
@@ -11,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-oidc/caddy-oidc/azatauth"
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 )
 
 // ServeHTTP serves the handler's routes and authenticates everything else.
@@ -137,7 +137,9 @@ func (o *OIDC) authenticate(w http.ResponseWriter, r *http.Request, p *provider,
 				o.logger.Error("saving refreshed session failed", errField(err))
 			}
 			s = ns
-		case errors.Is(err, errGrantGone):
+		case errors.Is(err, errGrantGone), errors.Is(err, errNoRefreshToken):
+			// Refused by the provider, or nothing to refresh with (a
+			// session of a grant, and azat was removed): log in again.
 			o.clearSession(w, r, s)
 			return nil, upstreamTokens{}, true
 		default:

@@ -9,8 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/caddy-oidc/caddy-oidc/internal/expiry"
-	"github.com/caddy-oidc/caddy-oidc/internal/seal"
 	"net/http"
 	"net/url"
 	"slices"
@@ -26,7 +24,9 @@ import (
 
 	"github.com/caddy-oidc/caddy-oidc/azatauth"
 
+	"github.com/caddy-oidc/caddy-oidc/internal/expiry"
 	"github.com/caddy-oidc/caddy-oidc/internal/idp"
+	"github.com/caddy-oidc/caddy-oidc/internal/seal"
 )
 
 func init() {

@@ -931,3 +931,72 @@ func TestRedteam4BackchannelAfterRefreshOtherInstance(t *testing.T) {
 		}
 	}
 }
+
+// TestRedteam4StoreKeptRefreshExpires (found in review):
+// attack (fault): a refresh on A cannot be stored (the provider rotated the
+// refresh token: the result kept in memory holds the only live one); its
+// access token then expires while it is still only in memory, and storage
+// comes back.
+// expected: the next request refreshes again with the refresh token the
+// kept result holds (not the spent one in storage), the session stays, and
+// the new record is stored. FINDING when written: the kept result was used
+// with its expired access token, stored, and then cleared as unusable:
+// the user was logged out, and later the spent token was sent again.
+func TestRedteam4StoreKeptRefreshExpires(t *testing.T) {
+	e := newR4Env(t)
+	stA := &r4Storage{FileStorage: &certmagic.FileStorage{Path: e.dir}, failOn: "/sessions/"}
+	a := e.instance(t, "store", -1, stA, false)
+	s, jar := e.login(t, a)
+	stA.fail.Store(true)
+	if _, user := r4Serve(t, a, "GET", r4API, jar.clone()); user != testop.UserID {
+		t.Fatalf("while storage fails: %q", user)
+	}
+	kept, ok := a.rt.recent.get(refreshKey(s))
+	if !ok || kept.RefreshToken == s.RefreshToken {
+		t.Fatal("setup: no refreshed session kept in memory")
+	}
+	live := kept.RefreshToken
+	kept.Expiry = time.Now().Add(-time.Second).Unix() // its access token has expired since
+	stA.fail.Store(false)
+	w, user := r4Serve(t, a, "GET", r4API, jar.clone())
+	if user != testop.UserID || clearsSession(a, w) {
+		t.Fatalf("after the kept access token expired: %d %q (cleared %v)", w.Code, user, clearsSession(a, w))
+	}
+	if n := e.op.TokenCalls("refresh_token"); n != 2 {
+		t.Fatalf("%d provider refreshes, want 2 (the second with the kept refresh token)", n)
+	}
+	cur, _ := a.rt.stored.load(context.Background(), s.ID)
+	if cur == nil || cur.RefreshToken == s.RefreshToken || cur.RefreshToken == live || !cur.usable(time.Now()) {
+		t.Fatalf("the record is not the new refresh's: %+v", cur)
+	}
+}
+
+// TestRedteam4GrantSessionWithoutAZAT (found in review): a session whose
+// refresh token lives in the AZAT grant store, met by a handler without
+// `azat` (the operator removed it), with a stale access token.
+// expected: log in again (the session is cleared), not 503 "retry
+// shortly" until session_lifetime; a fresh session still works.
+func TestRedteam4GrantSessionWithoutAZAT(t *testing.T) {
+	e := newR4Env(t)
+	o := e.instance(t, "cookie", 0, nil, false)
+	s, jar := e.login(t, o)
+	gs := *s
+	gs.GrantKey, gs.RefreshToken = grantKey(s.Identity), ""
+	gs.labelIdentity()
+	raw, err := o.rt.sessions.save(context.Background(), &gs, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := httptest.NewRequest("GET", r4API, nil)
+	rec := httptest.NewRecorder()
+	writeChunked(rec, r, o.cookieOpts(r), raw, 3600)
+	grantJar := r4Jar{}
+	grantJar.update(rec)
+	w, user := r4Serve(t, o, "GET", r4API, grantJar)
+	if w.Code == http.StatusServiceUnavailable || user != "" || !clearsSession(o, w) {
+		t.Fatalf("grant session without azat: %d %q (cleared %v), want a cleared session", w.Code, user, clearsSession(o, w))
+	}
+	if _, user := r4Serve(t, o, "GET", r4API, jar.clone()); user != testop.UserID {
+		t.Fatalf("a refreshable session: %q", user)
+	}
+}

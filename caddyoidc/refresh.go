@@ -108,13 +108,19 @@ func (o *OIDC) refresh(ctx context.Context, p *provider, s *session, force bool)
 	}
 	key := refreshKey(s)
 	if ns, ok := o.rt.recent.get(key); ok {
-		return ns, nil
+		if ns.usable(time.Now()) {
+			return ns, nil
+		}
+		// A refresh kept in memory (storage refused it) whose access token
+		// has expired since: refreshed in turn, with the refresh token it
+		// holds (the one in storage or in this cookie was spent).
+		s, key = ns, refreshKey(ns)
 	}
 	if _, ok := o.rt.refused.get(key); ok {
 		return nil, errGrantGone
 	}
 	return coordinate(ctx, o, "session\x00"+key, func(ctx context.Context) (*session, error) {
-		if ns, ok := o.rt.recent.get(key); ok {
+		if ns, ok := o.rt.recent.get(key); ok && ns.usable(time.Now()) {
 			return ns, nil
 		}
 		ns, persisted, err := o.rt.sessions.refresh(ctx, s, func(ctx context.Context, cur *session) (*session, error) {
@@ -212,7 +218,7 @@ func (o *OIDC) refreshGrant(ctx context.Context, p *provider, key, stale string,
 				if out != nil {
 					// Refreshed but not stored: keep it, a later request stores it.
 					o.logger.Error("storing the refreshed grant failed; kept in memory", errField(err))
-					o.rt.unstored.put(key, &unstoredGrant{g: out, stored: stored}, unstoredTTL)
+					o.rt.unstored.put(key, &unstoredGrant{g: out, stored: stored}, unstoredGrantTTL)
 					return out, nil
 				}
 				o.logger.Error("grant store failed during refresh", errField(err))
@@ -253,7 +259,7 @@ func (o *OIDC) sessionFromGrant(ctx context.Context, p *provider, s *session, fo
 		return nil, err
 	}
 	ns := *s
-	ns.persisted = false
+	ns.persisted, ns.spent = false, ""
 	ns.AccessToken, ns.TokenType, ns.Expiry, ns.IDToken = g.AccessToken, g.TokenType, g.Expiry, g.IDToken
 	ns.Identity = newIdentity(g.Claims, o.RolesClaim, idp.UnverifiedClaims(g.AccessToken))
 	return ns.labelIdentity(), nil
@@ -276,7 +282,7 @@ func (o *OIDC) refreshAtIdP(ctx context.Context, p *provider, s *session) (*sess
 	}
 	o.observeRefresh(start, "success")
 	ns := *s
-	ns.persisted = false
+	ns.persisted, ns.spent = false, s.RefreshToken
 	ns.AccessToken = tok.AccessToken
 	ns.TokenType = tok.TokenType
 	ns.Expiry = 0
@@ -329,9 +335,13 @@ const (
 	// recentRefreshTTL: how long the result of a session's refresh serves
 	// requests still carrying the old cookie.
 	recentRefreshTTL = time.Minute
-	// unstoredTTL keeps a refreshed session or grant that could not be
-	// written to storage.
+	// unstoredTTL keeps a refreshed session that could not be written to
+	// storage (a later request stores it).
 	unstoredTTL = 24 * time.Hour
+	// unstoredGrantTTL keeps a refreshed grant that could not be written:
+	// an AZAT may be used once a day or less, and the kept grant holds the
+	// only live refresh token (at most one entry per user).
+	unstoredGrantTTL = 366 * 24 * time.Hour
 	// refusedTTL: how long a refresh token the provider refused is
 	// refused here without asking it again (per instance).
 	refusedTTL = time.Hour

@@ -37,6 +37,10 @@ type session struct {
 	// (storedSessions.refresh), so saving it again is not needed. Never
 	// carried into a copy (refresh.go resets it).
 	persisted bool
+	// spent is the refresh token the refresh that made this session spent
+	// (not stored): it tells storedSessions that this session is the next
+	// version of a record still holding that token.
+	spent string
 }
 
 // createdMs is the login time in milliseconds (sessions of earlier
@@ -66,7 +70,7 @@ func (s *session) usable(now time.Time) bool { return tokenUsable(s.AccessToken,
 
 // labelIdentity marks the identity as coming from this session. Called once
 // when a session is built or decoded: sessions are shared read-only between
-// concurrent requests afterwards (see sessionCache).
+// concurrent requests afterwards (the backends cache them).
 func (s *session) labelIdentity() *session {
 	if s.Identity != nil {
 		s.Identity.Source = "session"

@@ -20,9 +20,11 @@ import (
 // storedSessions keeps sessions in Caddy storage (`session store`): the
 // cookie holds the sealed session id, the record "<until>.<sealed session>"
 // the session. Every stored session is indexed by its provider session (sid)
-// and user (sub), so that a back-channel logout finds it. Records are
-// written and deleted under the session's storage lock, so a refresh in
-// flight never stores again a session that was ended, on any instance.
+// and user (sub), so that a back-channel logout finds it. A refresh writes
+// and a logout deletes a record under the session's storage lock, so a
+// refresh in flight never stores again a session that was ended, on any
+// instance (a new login writes its new record, and expired records are
+// deleted, without it: no refresh can race them).
 //
 // A handler in cookie mode has one too: a back-channel logout ends the
 // stored sessions of its namespace whatever the mode (handlers of one
@@ -151,6 +153,11 @@ func (st *storedSessions) refresh(ctx context.Context, s *session, at refreshFun
 	if cur == nil {
 		return nil, false, errGrantGone // logged out meanwhile
 	}
+	if s.spent != "" && cur.RefreshToken == s.spent {
+		// s is a refresh of this record kept in memory (storage refused
+		// it): it holds the live refresh token.
+		cur = s
+	}
 	ns, err := at(ctx, cur)
 	if err != nil {
 		if errors.Is(err, errGrantGone) {
@@ -159,6 +166,9 @@ func (st *storedSessions) refresh(ctx context.Context, s *session, at refreshFun
 		return nil, false, err
 	}
 	if ns == cur {
+		if cur == s {
+			return ns, false, nil // a kept refresh, still not stored
+		}
 		ns.persisted = true // another instance refreshed it meanwhile
 		return ns, true, nil
 	}
@@ -181,16 +191,26 @@ func (st *storedSessions) refresh(ctx context.Context, s *session, at refreshFun
 }
 
 // update overwrites the record of s under the session's storage lock, only
-// if the record still exists.
+// if the record still exists (errSessionEnded otherwise) and s is its next
+// version: it holds the record's refresh token, or the one s's refresh
+// spent. A newer record (refreshed meanwhile on another instance) is kept.
 func (st *storedSessions) update(ctx context.Context, s *session) error {
 	lock := sessionKey(s.ID)
 	if err := st.storage.Lock(ctx, lock); err != nil {
 		return err
 	}
 	defer func() { _ = st.storage.Unlock(ctx, lock) }()
-	if !st.storage.Exists(ctx, sessionKey(s.ID)) {
+	cur, err := st.load(ctx, s.ID)
+	if err != nil {
+		return err
+	}
+	if cur == nil {
 		st.cache.Delete(s.ID)
 		return errSessionEnded
+	}
+	if cur.RefreshToken != s.RefreshToken && (s.spent == "" || cur.RefreshToken != s.spent) {
+		st.cache.Delete(s.ID) // the next request reads the newer record
+		return nil
 	}
 	return st.store(ctx, s)
 }
@@ -352,10 +372,11 @@ func (st *storedSessions) sweepIndex(ctx context.Context, now time.Time) int {
 const indexGrace = time.Minute
 
 // young tells whether the entry at key was written within indexGrace
-// before now (or its age is unknown).
+// before now (an entry of unknown age is not: a storage without
+// modification times would otherwise keep every entry).
 func (st *storedSessions) young(ctx context.Context, key string, now time.Time) bool {
 	info, err := st.storage.Stat(ctx, key)
-	return err != nil || info.Modified.IsZero() || now.Sub(info.Modified) < indexGrace
+	return err == nil && !info.Modified.IsZero() && now.Sub(info.Modified) < indexGrace
 }
 
 // Interface guard

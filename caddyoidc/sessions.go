@@ -25,7 +25,8 @@ type sessionBackend interface {
 	open(ctx context.Context, raw string) (*session, error)
 	// save stores s when the backend keeps it (created: a new login;
 	// otherwise a refresh, refused with errSessionEnded when the session
-	// was ended meanwhile) and returns the cookie value for it.
+	// was ended meanwhile, and not written again when its refresh stored
+	// it already) and returns the cookie value for it.
 	save(ctx context.Context, s *session, created bool) (string, error)
 	// discard deletes what the backend keeps of s (its cookie is cleared by
 	// the caller).

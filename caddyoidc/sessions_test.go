@@ -241,3 +241,37 @@ func TestStoredSessionRacingBackchannelLogout(t *testing.T) {
 		t.Fatal("a login after the back-channel logout is refused")
 	}
 }
+
+// TestStoredUpdateKeepsNewerRecord: a refreshed session kept in memory
+// (made from the record's refresh token rt-1) is not written over a record
+// another instance refreshed since (rt-3): that one is newer.
+func TestStoredUpdateKeepsNewerRecord(t *testing.T) {
+	ctx := context.Background()
+	o := sessionsHandler(t, "store", t.TempDir())
+	s := testSession(o.Issuer)
+	if _, err := o.rt.sessions.save(ctx, s, true); err != nil {
+		t.Fatal(err)
+	}
+	kept := *s
+	kept.AccessToken, kept.RefreshToken, kept.spent = "at-2", "rt-2", "rt-1"
+	newer := *s
+	newer.AccessToken, newer.RefreshToken = "at-3", "rt-3"
+	if err := o.rt.stored.store(ctx, &newer); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.rt.sessions.save(ctx, &kept, false); err != nil {
+		t.Fatal(err)
+	}
+	if cur, _ := o.rt.stored.load(ctx, s.ID); cur == nil || cur.RefreshToken != "rt-3" {
+		t.Fatalf("a stale refresh overwrote the newer record: %+v", cur)
+	}
+	// Its own next version is written.
+	next := newer
+	next.AccessToken, next.RefreshToken, next.spent = "at-4", "rt-4", "rt-3"
+	if _, err := o.rt.sessions.save(ctx, &next, false); err != nil {
+		t.Fatal(err)
+	}
+	if cur, _ := o.rt.stored.load(ctx, s.ID); cur == nil || cur.RefreshToken != "rt-4" {
+		t.Fatalf("the record's next version was not written: %+v", cur)
+	}
+}

@@ -2,13 +2,13 @@ package caddyoidc
 
 import (
 	"errors"
-	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 	"net/http"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/caddy-oidc/caddy-oidc/azatauth"
+	"github.com/caddy-oidc/caddy-oidc/internal/idp"
 )
 
 // The AZAT routes: <routes>/token mints an AZAT, <routes>/revoke revokes one

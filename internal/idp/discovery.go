@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/caddy-oidc/caddy-oidc/internal/jws"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -12,6 +11,8 @@ import (
 
 	"github.com/coreos/go-oidc/v3/oidc"
 	"go.uber.org/zap"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/jws"
 )
 
 // Metadata is the part of the discovery document (OpenID Connect Discovery

@@ -146,7 +146,6 @@ var (
 	errUnknownKey   = errors.New("no matching key for the token's kid")
 	ErrMalformedJWS = jws.ErrMalformed
 	errAlgorithm    = jws.ErrAlgorithm
-	errSignature    = jws.ErrSignature
 )
 
 // VerifySignature verifies the JWS with the key named by its kid and returns

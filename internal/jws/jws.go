@@ -65,11 +65,17 @@ type Token struct {
 	dot1, dot2 int
 }
 
-var b64 = base64.RawURLEncoding
+// b64 decodes strictly: one spelling per token (no padding bits set, no
+// line breaks), so caches keyed by the token's hash cannot be sidestepped
+// by respelling a token.
+var b64 = base64.RawURLEncoding.Strict()
 
 // Parse splits a compact JWS and decodes its header. A crit header is
 // refused: no extension is understood.
 func Parse(token string) (*Token, error) {
+	if strings.ContainsAny(token, "\r\n") { // the decoder would skip them
+		return nil, ErrMalformed
+	}
 	dot1 := strings.IndexByte(token, '.')
 	if dot1 < 0 {
 		return nil, ErrMalformed
@@ -110,12 +116,11 @@ func (t *Token) Verify(key any) ([]byte, error) {
 	if err := v.Verify([]byte(t.raw[:t.dot2]), sig, key); err != nil {
 		return nil, ErrSignature
 	}
-	return t.UnverifiedPayload()
+	return t.payload()
 }
 
-// UnverifiedPayload decodes the payload without any check: for reading a
-// claim (iss) that chooses how the token is then verified.
-func (t *Token) UnverifiedPayload() ([]byte, error) {
+// payload decodes the payload.
+func (t *Token) payload() ([]byte, error) {
 	p, err := b64.DecodeString(t.raw[t.dot1+1 : t.dot2])
 	if err != nil {
 		return nil, ErrMalformed

@@ -33,6 +33,14 @@ func sign(t *testing.T, alg jwa.SignatureAlgorithm, key any, header map[string]a
 	return input + "." + b64.EncodeToString(sig)
 }
 
+// respell sets the unused low bits of the last base64url character, which a
+// lax decoder ignores (256-byte RSA signature: 342 characters, 4 spare bits).
+func respell(s string) string {
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	last := strings.IndexByte(alphabet, s[len(s)-1])
+	return s[:len(s)-1] + string(alphabet[last|1])
+}
+
 func unsigned(header map[string]any, payload, sig string) string {
 	hb, _ := json.Marshal(header)
 	return b64.EncodeToString(hb) + "." + b64.EncodeToString([]byte(payload)) + "." + sig
@@ -85,6 +93,8 @@ func TestVerify(t *testing.T) {
 		{"crit header", sign(t, jwa.RS256, rsaKey, map[string]any{"alg": "RS256", "crit": []string{"exp"}, "exp": 1}, payload), &rsaKey.PublicKey, ErrMalformed, true},
 		{"JSON serialization", `{"payload":"x","signatures":[]}`, &rsaKey.PublicKey, ErrMalformed, true},
 		{"empty", "", &rsaKey.PublicKey, ErrMalformed, true},
+		{"respelled: a line break in the signature", parts[0] + "." + parts[1] + "." + parts[2][:10] + "\n" + parts[2][10:], &rsaKey.PublicKey, ErrMalformed, true},
+		{"respelled: padding bits set in the signature", parts[0] + "." + parts[1] + "." + respell(parts[2]), &rsaKey.PublicKey, ErrMalformed, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
