@@ -800,7 +800,7 @@ func TestRedteam4StoreSweepBetweenIndexAndRecord(t *testing.T) {
 
 // TestRedteam4AZATPendingGrantOverNewLogin:
 // attack: instance A refreshes a user's grant but storage refuses it (A
-// keeps it in memory: unstored, 24 h). The user logs out on instance B (the
+// keeps it in memory: unstored). The user logs out on instance B (the
 // grant is forgotten) and logs in again there (a new grant: new refresh
 // token, new claims, e.g. a group removed meanwhile). When the new grant's
 // access token goes stale, a request reaches A.
