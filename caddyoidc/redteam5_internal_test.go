@@ -167,46 +167,59 @@ func TestRedteam5StoreLogoutWhileKept(t *testing.T) {
 }
 
 // DEFENCE. TestRedteam5StoreKeptBurstAtExpiry:
-// attack (load): the refresh A keeps in memory expires and storage is back;
-// a burst of requests carrying the cookie arrives at once (and again right
-// after).
+// attack (load): the refresh A keeps in memory expires, with storage back
+// or still failing; a burst of requests carrying the cookie arrives at
+// once (and again right after).
 // expected: one provider refresh (with the kept refresh token) for the
-// whole burst, every request served, none cleared, the result stored; no
-// data race (run with -race).
+// whole burst, every request served, none cleared, the result stored once
+// storage works; no data race (run with -race).
 func TestRedteam5StoreKeptBurstAtExpiry(t *testing.T) {
-	e := newR4Env(t)
-	a, st := e.r5Failing(t, time.Minute)
-	s, jar := e.login(t, a)
-	st.fail.Store(true)
-	r5Works(t, a, jar, "refresh while storage fails")
-	k1 := r5Kept(t, a, refreshKey(s), "refresh")
-	r5Expire(k1)
-	st.fail.Store(false)
-	for round := range 2 {
-		var wg sync.WaitGroup
-		errs := make(chan string, 32)
-		for range 16 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				w, user, err := r4Do(a, "GET", r4API, jar.clone())
-				if err != nil || user != testop.UserID || clearsSession(a, w) {
-					errs <- w.Body.String() + " user=" + user
+	for _, failing := range []bool{false, true} {
+		t.Run(map[bool]string{false: "storage back", true: "storage failing"}[failing], func(t *testing.T) {
+			e := newR4Env(t)
+			a, st := e.r5Failing(t, time.Minute)
+			s, jar := e.login(t, a)
+			st.fail.Store(true)
+			r5Works(t, a, jar, "refresh while storage fails")
+			k1 := r5Kept(t, a, refreshKey(s), "refresh")
+			r5Expire(k1)
+			st.fail.Store(failing)
+			for round := range 2 {
+				start := time.Now()
+				var wg sync.WaitGroup
+				errs := make(chan string, 32)
+				for range 16 {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						w, user, err := r4Do(a, "GET", r4API, jar.clone())
+						if err != nil || user != testop.UserID || clearsSession(a, w) {
+							errs <- w.Body.String() + " user=" + user
+						}
+					}()
 				}
-			}()
-		}
-		wg.Wait()
-		close(errs)
-		for msg := range errs {
-			t.Fatalf("round %d: a request of the burst was not served: %s", round, msg)
-		}
-	}
-	if n := e.op.TokenCalls("refresh_token"); n != 2 {
-		t.Fatalf("%d provider refreshes, want 2 (one while storage failed, one for the burst)", n)
-	}
-	cur, _ := a.rt.stored.load(context.Background(), s.ID)
-	if cur == nil || cur.RefreshToken == s.RefreshToken || cur.RefreshToken == k1.RefreshToken || !cur.usable(time.Now()) {
-		t.Fatal("the burst's refresh was not stored")
+				wg.Wait()
+				close(errs)
+				for msg := range errs {
+					t.Fatalf("round %d: a request of the burst was not served: %s", round, msg)
+				}
+				took := time.Since(start)
+				t.Logf("round %d: 16 requests in %v, %d storage locks so far", round, took, st.locks.Load())
+				if took > 3*time.Second {
+					t.Errorf("round %d: 16 requests took %v: each one took the record's storage lock to retry the store", round, took)
+				}
+			}
+			if n := e.op.TokenCalls("refresh_token"); n != 2 {
+				t.Fatalf("%d provider refreshes, want 2 (one while storage failed, one for the burst)", n)
+			}
+			if failing {
+				return
+			}
+			cur, _ := a.rt.stored.load(context.Background(), s.ID)
+			if cur == nil || cur.RefreshToken == s.RefreshToken || cur.RefreshToken == k1.RefreshToken || !cur.usable(time.Now()) {
+				t.Fatal("the burst's refresh was not stored")
+			}
+		})
 	}
 }
 
