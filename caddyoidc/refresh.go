@@ -107,20 +107,29 @@ func (o *OIDC) refresh(ctx context.Context, p *provider, s *session, force bool)
 		return nil, errNoRefreshToken
 	}
 	key := refreshKey(s)
-	if ns, ok := o.rt.recent.get(key); ok {
-		if ns.usable(time.Now()) {
+	// The result of this refresh token's refresh, if one was just made (or
+	// kept in memory because storage refused it). A kept result whose
+	// access token has expired since is refreshed in turn, with the refresh
+	// token it holds (the one in storage or in this cookie was spent), and
+	// so on along a chain of such results (bounded).
+	for range 16 {
+		ns, ok := o.rt.recent.get(key)
+		if !ok || ns == s {
+			break
+		}
+		if ns.usable(time.Now()) && !(force && ns.AccessToken == s.AccessToken) {
 			return ns, nil
 		}
-		// A refresh kept in memory (storage refused it) whose access token
-		// has expired since: refreshed in turn, with the refresh token it
-		// holds (the one in storage or in this cookie was spent).
+		if ns.AccessToken == s.AccessToken {
+			break // s is that result (a non-rotating refresh token)
+		}
 		s, key = ns, refreshKey(ns)
 	}
 	if _, ok := o.rt.refused.get(key); ok {
 		return nil, errGrantGone
 	}
 	return coordinate(ctx, o, "session\x00"+key, func(ctx context.Context) (*session, error) {
-		if ns, ok := o.rt.recent.get(key); ok && ns.usable(time.Now()) {
+		if ns, ok := o.rt.recent.get(key); ok && ns.usable(time.Now()) && !(force && ns.AccessToken == s.AccessToken) {
 			return ns, nil
 		}
 		ns, persisted, err := o.rt.sessions.refresh(ctx, s, func(ctx context.Context, cur *session) (*session, error) {

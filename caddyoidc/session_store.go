@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -47,6 +48,9 @@ type storedSessions struct {
 	logger  *zap.Logger
 	// sweeps say where each sweep goes on next run.
 	sweeps struct{ records, sids, subs listCursor }
+	// retrying: ids whose kept refresh a request of this instance is
+	// writing now (the others do not queue on the storage lock).
+	retrying sync.Map
 }
 
 const (
@@ -106,8 +110,12 @@ func (st *storedSessions) save(ctx context.Context, s *session, created bool) (s
 			return "", err
 		}
 	} else if !s.persisted {
-		if err := st.update(ctx, s); err != nil {
-			return "", err
+		if _, busy := st.retrying.LoadOrStore(s.ID, true); !busy {
+			err := st.update(ctx, s)
+			st.retrying.Delete(s.ID)
+			if err != nil {
+				return "", err
+			}
 		}
 	}
 	return st.sealer.Seal([]byte(s.ID), st.purpose()), nil
@@ -159,6 +167,9 @@ func (st *storedSessions) refresh(ctx context.Context, s *session, at refreshFun
 		cur = s
 	}
 	ns, err := at(ctx, cur)
+	if err == nil && cur == s && ns != cur {
+		ns.spent = s.spent // the next version of the record, which still holds s.spent
+	}
 	if err != nil {
 		if errors.Is(err, errGrantGone) {
 			_ = st.deleteLocked(ctx, s.ID)
@@ -208,7 +219,8 @@ func (st *storedSessions) update(ctx context.Context, s *session) error {
 		st.cache.Delete(s.ID)
 		return errSessionEnded
 	}
-	if cur.RefreshToken != s.RefreshToken && (s.spent == "" || cur.RefreshToken != s.spent) {
+	if cur.RefreshToken != s.RefreshToken && (s.spent == "" || cur.RefreshToken != s.spent) ||
+		cur.RefreshToken == s.RefreshToken && cur.Expiry > s.Expiry {
 		st.cache.Delete(s.ID) // the next request reads the newer record
 		return nil
 	}
