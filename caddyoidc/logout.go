@@ -133,11 +133,12 @@ func (o *OIDC) serveLogout(w http.ResponseWriter, r *http.Request, p *provider) 
 // and with it their AZATs, unless `azat { logout keep }`.
 func (o *OIDC) endSession(ctx context.Context, p *provider, s *session) error {
 	ctx = context.WithoutCancel(ctx)
-	if err := o.rt.sessions.end(ctx, s); err != nil {
+	last, err := o.rt.sessions.end(ctx, s)
+	if err != nil {
 		return err
 	}
-	if s.RefreshToken != "" && p.Metadata().RevocationEndpoint != "" {
-		o.revoke(ctx, p, s.RefreshToken, "refresh_token")
+	if last.RefreshToken != "" && p.Metadata().RevocationEndpoint != "" {
+		o.revoke(ctx, p, last.RefreshToken, "refresh_token")
 	}
 	if s.GrantKey != "" && o.azat != nil && !o.azat.KeepOnLogout() {
 		if g, err := o.azat.Grants().Load(ctx, s.GrantKey); err == nil && g != nil && g.RefreshToken != "" && p.Metadata().RevocationEndpoint != "" {

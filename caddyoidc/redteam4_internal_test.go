@@ -11,6 +11,7 @@ package caddyoidc
 import (
 	"context"
 	"errors"
+	"golang.org/x/oauth2"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -998,5 +999,45 @@ func TestRedteam4GrantSessionWithoutAZAT(t *testing.T) {
 	}
 	if _, user := r4Serve(t, o, "GET", r4API, jar.clone()); user != testop.UserID {
 		t.Fatalf("a refreshable session: %q", user)
+	}
+}
+
+// TestRedteam4StoreLogoutRevokesLatestRefreshToken (found in review):
+// `session store`, two instances. B refreshes the session (the provider
+// rotates the refresh token), then the user logs out on A, which still
+// holds the session as it read it before (session_cache).
+// expected: after the logout, no refresh token of the session works at
+// the provider (the one revoked is the record's, from B's refresh, not the
+// spent one A's copy holds: TestStoredEndReturnsLastVersion; testop also
+// ends the rotated token's family when the spent one is revoked).
+func TestRedteam4StoreLogoutRevokesLatestRefreshToken(t *testing.T) {
+	e := newR4Env(t)
+	a := e.instance(t, "store", time.Minute, nil, false)
+	b := e.instance(t, "store", -1, nil, false)
+	s, jar := e.login(t, a)
+	if _, user := r4Serve(t, a, "GET", "http://site.example/auth/userinfo", jar.clone()); user != "" {
+		t.Log("userinfo served") // reads the session into A's session_cache
+	}
+	if _, user := r4Serve(t, b, "GET", r4API, jar.clone()); user != testop.UserID {
+		t.Fatalf("refresh on B: %q", user)
+	}
+	cur, _ := b.rt.stored.load(context.Background(), s.ID)
+	if cur == nil || cur.RefreshToken == s.RefreshToken {
+		t.Fatal("setup: B's refresh did not rotate the stored refresh token")
+	}
+	live := cur.RefreshToken
+	// Control: a refresh token of this client works at the provider the
+	// same way (so the check below can fail).
+	_, rt2, _, _ := e.tokens(t)
+	cfg0 := e.op.OAuth2Config(testop.WebClientID, testop.WebClientSecret, "http://127.0.0.1:1/cb")
+	if _, err := cfg0.TokenSource(context.Background(), &oauth2.Token{RefreshToken: rt2}).Token(); err != nil {
+		t.Fatalf("control: a live refresh token is refused: %v", err)
+	}
+	r4Logout(t, a, jar.clone())
+	cfg := e.op.OAuth2Config(testop.WebClientID, testop.WebClientSecret, "http://127.0.0.1:1/cb")
+	if _, err := cfg.TokenSource(context.Background(), &oauth2.Token{RefreshToken: live}).Token(); err == nil {
+		t.Fatal("the session's live refresh token still works at the provider after logout")
+	} else {
+		t.Logf("live refresh token after logout: %v", err)
 	}
 }

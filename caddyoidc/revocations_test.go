@@ -89,7 +89,7 @@ func TestRevocationReloadIncremental(t *testing.T) {
 		sessions[i] = (&session{ID: "s" + strconv.Itoa(i), Created: now.Unix(), Identity: &identity{Issuer: "i", Subject: "u"}}).labelIdentity()
 	}
 	for _, s := range sessions[:3] {
-		if err := a.rt.sessions.end(ctx, s); err != nil {
+		if _, err := a.rt.sessions.end(ctx, s); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -107,7 +107,7 @@ func TestRevocationReloadIncremental(t *testing.T) {
 	if n := reload(); n != 0 {
 		t.Fatalf("second reload loaded %d records, want 0", n)
 	}
-	if err := a.rt.sessions.end(ctx, sessions[3]); err != nil {
+	if _, err := a.rt.sessions.end(ctx, sessions[3]); err != nil {
 		t.Fatal(err)
 	}
 	if n := reload(); n != 1 {

@@ -59,9 +59,9 @@ func (cs *cookieSessions) discard(context.Context, *session) error { return nil 
 
 // end revokes the session's id until it would have expired, so that a
 // copy of the cookie is refused on every instance.
-func (cs *cookieSessions) end(ctx context.Context, s *session) error {
+func (cs *cookieSessions) end(ctx context.Context, s *session) (*session, error) {
 	now := time.Now()
-	return cs.revoke(ctx, revocation{
+	return s, cs.revoke(ctx, revocation{
 		Kind: "id", Key: hashKey(s.ID), At: now.Unix(), AtMs: now.UnixMilli(),
 		Until: s.until(cs.lifetime).Unix(),
 	})

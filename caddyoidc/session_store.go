@@ -130,9 +130,25 @@ func (st *storedSessions) discard(ctx context.Context, s *session) error {
 	return err
 }
 
-// end is discard: a deleted record ends every copy of the cookie on every
-// instance (within session_cache).
-func (st *storedSessions) end(ctx context.Context, s *session) error { return st.discard(ctx, s) }
+// end deletes the record under the session's lock, which ends every copy of
+// the cookie on every instance (within session_cache), and returns the
+// record as it was (s when it was gone already).
+func (st *storedSessions) end(ctx context.Context, s *session) (*session, error) {
+	ctx = context.WithoutCancel(ctx)
+	lock := sessionKey(s.ID)
+	if err := st.storage.Lock(ctx, lock); err != nil {
+		return s, err
+	}
+	defer func() { _ = st.storage.Unlock(ctx, lock) }()
+	last, err := st.load(ctx, s.ID)
+	if err != nil || last == nil {
+		last = s
+	}
+	if err := st.deleteLocked(ctx, s.ID); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return last, err
+	}
+	return last, nil
+}
 
 // refresh runs at under the session's storage lock on the record as stored
 // now: a refresh another instance just made is reused, a session ended

@@ -32,7 +32,10 @@ type sessionBackend interface {
 	// the caller).
 	discard(ctx context.Context, s *session) error
 	// end ends s on every instance and every copy of its cookie (logout).
-	end(ctx context.Context, s *session) error
+	// It returns the session's last version (a record refreshed on another
+	// instance since this request's copy was read holds newer tokens: the
+	// ones to revoke at the provider).
+	end(ctx context.Context, s *session) (*session, error)
 	// refresh calls at, the provider refresh, under the coordination the
 	// backend needs across instances (refresh.go dedupes within one);
 	// persisted tells whether the result is stored.

@@ -91,7 +91,7 @@ func TestSessionBackends(t *testing.T) {
 			// Logout on instance a: every copy of both cookie values is
 			// refused on both instances (b reloads revocations as it does
 			// every revocation_reload).
-			if err := sb.end(ctx, ns); err != nil {
+			if _, err := sb.end(ctx, ns); err != nil {
 				t.Fatal(err)
 			}
 			if err := b.loadRevocations(ctx); err != nil {
@@ -273,5 +273,39 @@ func TestStoredUpdateKeepsNewerRecord(t *testing.T) {
 	}
 	if cur, _ := o.rt.stored.load(ctx, s.ID); cur == nil || cur.RefreshToken != "rt-4" {
 		t.Fatalf("the record's next version was not written: %+v", cur)
+	}
+}
+
+// TestStoredEndReturnsLastVersion: a logout holding an old copy of a stored
+// session (read before another instance refreshed it) gets the record's
+// last version back, whose refresh token is the live one to revoke; the
+// record is gone. With cookies the copy is all there is.
+func TestStoredEndReturnsLastVersion(t *testing.T) {
+	ctx := context.Background()
+	for _, mode := range []string{"store", "cookie"} {
+		t.Run(mode, func(t *testing.T) {
+			o := sessionsHandler(t, mode, t.TempDir())
+			old := testSession(o.Issuer)
+			raw, err := o.rt.sessions.save(ctx, old, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := "rt-1"
+			if mode == "store" {
+				newer := *old
+				newer.RefreshToken = "rt-2"
+				if err := o.rt.stored.store(ctx, &newer); err != nil {
+					t.Fatal(err)
+				}
+				want = "rt-2"
+			}
+			last, err := o.rt.sessions.end(ctx, old)
+			if err != nil || last == nil || last.RefreshToken != want {
+				t.Fatalf("end returned %+v, %v; want the refresh token %s", last, err, want)
+			}
+			if got, _ := o.rt.sessions.open(ctx, raw); got != nil {
+				t.Fatal("the ended session still opens")
+			}
+		})
 	}
 }
