@@ -2,12 +2,13 @@ package idp
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/caddy-oidc/caddy-oidc/internal/jws"
 )
 
 // AccessTokenCheck is the policy a provider-signed JWT presented as a bearer
@@ -41,17 +42,22 @@ func (cl *Client) VerifyAccessToken(ctx context.Context, raw string, c AccessTok
 
 func verifyAccessToken(ctx context.Context, keys *KeySet, algs []string, issuer, raw string, c AccessTokenCheck, now func() time.Time) (map[string]any, time.Time, error) {
 	c.RequireTyp = NormalizeTyp(c.RequireTyp)
-	// The header's typ is read before the signature is checked, so that a
-	// typed token of another kind (an AZAT of another site) does not cause
-	// a JWKS fetch; it only ever refuses.
-	if err := c.checkTyp(peekTyp(raw)); err != nil {
+	// The header's typ is checked before the signature, so that a typed
+	// token of another kind (an AZAT of another site) does not cause a JWKS
+	// fetch.
+	t, perr := jws.Parse(raw)
+	typ := ""
+	if perr == nil {
+		typ = t.Header.Typ
+	}
+	if err := c.checkTyp(typ); err != nil {
 		return nil, time.Time{}, err
 	}
-	hdr, payload, err := keys.VerifyJWS(ctx, raw, algs)
+	if perr != nil {
+		return nil, time.Time{}, perr
+	}
+	payload, err := keys.verify(ctx, t, algs)
 	if err != nil {
-		return nil, time.Time{}, err
-	}
-	if err := c.checkTyp(hdr.Typ); err != nil {
 		return nil, time.Time{}, err
 	}
 	var claims map[string]any
@@ -138,27 +144,6 @@ func ValidRequireTyp(typ string) bool {
 	t := NormalizeTyp(typ)
 	_, refused := refusedTyps[t]
 	return !refused && t != "" && Printable(t, 100) == t
-}
-
-// peekTyp returns the typ of a compact JWS header without verifying
-// anything ("" when there is none or the header does not parse, which the
-// verification then refuses).
-func peekTyp(tok string) string {
-	dot := strings.IndexByte(tok, '.')
-	if dot < 0 {
-		return ""
-	}
-	b, err := base64.RawURLEncoding.DecodeString(tok[:dot])
-	if err != nil {
-		return ""
-	}
-	var h struct {
-		Typ string `json:"typ"`
-	}
-	if json.Unmarshal(b, &h) != nil {
-		return ""
-	}
-	return h.Typ
 }
 
 // checkTyp refuses a header typ of another kind of token, and with

@@ -167,19 +167,24 @@ func (k *KeySet) VerifyJWS(ctx context.Context, token string, allowed []string) 
 	if err != nil {
 		return nil, nil, err
 	}
+	payload, err := k.verify(ctx, t, allowed)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &t.Header, payload, nil
+}
+
+// verify is VerifyJWS for a token already parsed.
+func (k *KeySet) verify(ctx context.Context, t *jws.Token, allowed []string) ([]byte, error) {
 	h := &t.Header
 	if !AsymmetricAlgs[h.Alg] || (allowed != nil && !slices.Contains(allowed, h.Alg)) {
-		return nil, nil, errAlgorithm
+		return nil, errAlgorithm
 	}
 	raw, err := k.key(ctx, h.Kid, h.Alg)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	payload, err := t.Verify(raw)
-	if err != nil {
-		return nil, nil, err
-	}
-	return h, payload, nil
+	return t.Verify(raw)
 }
 
 // key returns the key for kid and alg. A JWKS past its max-age is fetched
