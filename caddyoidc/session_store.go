@@ -135,19 +135,17 @@ func (st *storedSessions) discard(ctx context.Context, s *session) error {
 // record as it was (s when it was gone already).
 func (st *storedSessions) end(ctx context.Context, s *session) (*session, error) {
 	ctx = context.WithoutCancel(ctx)
-	lock := sessionKey(s.ID)
-	if err := st.storage.Lock(ctx, lock); err != nil {
-		return s, err
+	last := s
+	err := st.locked(ctx, s.ID, func() error {
+		if cur, err := st.load(ctx, s.ID); err == nil && cur != nil {
+			last = cur
+		}
+		return st.deleteLocked(ctx, s.ID)
+	})
+	if errors.Is(err, fs.ErrNotExist) {
+		err = nil
 	}
-	defer func() { _ = st.storage.Unlock(ctx, lock) }()
-	last, err := st.load(ctx, s.ID)
-	if err != nil || last == nil {
-		last = s
-	}
-	if err := st.deleteLocked(ctx, s.ID); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return last, err
-	}
-	return last, nil
+	return last, err
 }
 
 // refresh runs at under the session's storage lock on the record as stored
@@ -156,18 +154,21 @@ func (st *storedSessions) end(ctx context.Context, s *session) (*session, error)
 // persisted tells whether the result is in storage: when storing fails the
 // provider may have rotated the refresh token, so the caller keeps the
 // result in memory until a later request stores it.
-func (st *storedSessions) refresh(ctx context.Context, s *session, at refreshFunc) (*session, bool, error) {
-	lock := sessionKey(s.ID)
-	if err := st.storage.Lock(ctx, lock); err != nil {
+func (st *storedSessions) refresh(ctx context.Context, s *session, at refreshFunc) (ns *session, persisted bool, err error) {
+	var lockErr *storeLockError
+	if errors.As(st.locked(ctx, s.ID, func() error {
+		ns, persisted, err = st.refreshLocked(ctx, s, at)
+		return nil
+	}), &lockErr) {
 		count(st.m.storeErrors, "lock")
-		st.logger.Error("session store lock failed", errField(err))
+		st.logger.Error("session store lock failed", errField(lockErr.err))
 		return nil, false, errIdPUnavailable
 	}
-	defer func() {
-		if err := st.storage.Unlock(context.WithoutCancel(ctx), lock); err != nil {
-			st.logger.Error("session store unlock failed", errField(err))
-		}
-	}()
+	return ns, persisted, err
+}
+
+// refreshLocked is refresh for a caller holding the session's lock.
+func (st *storedSessions) refreshLocked(ctx context.Context, s *session, at refreshFunc) (*session, bool, error) {
 	cur, err := st.load(ctx, s.ID)
 	if err != nil {
 		count(st.m.storeErrors, "load")
@@ -222,25 +223,22 @@ func (st *storedSessions) refresh(ctx context.Context, s *session, at refreshFun
 // version: it holds the record's refresh token, or the one s's refresh
 // spent. A newer record (refreshed meanwhile on another instance) is kept.
 func (st *storedSessions) update(ctx context.Context, s *session) error {
-	lock := sessionKey(s.ID)
-	if err := st.storage.Lock(ctx, lock); err != nil {
-		return err
-	}
-	defer func() { _ = st.storage.Unlock(ctx, lock) }()
-	cur, err := st.load(ctx, s.ID)
-	if err != nil {
-		return err
-	}
-	if cur == nil {
-		st.cache.Delete(s.ID)
-		return errSessionEnded
-	}
-	if cur.RefreshToken != s.RefreshToken && (s.spent == "" || cur.RefreshToken != s.spent) ||
-		cur.RefreshToken == s.RefreshToken && cur.Expiry > s.Expiry {
-		st.cache.Delete(s.ID) // the next request reads the newer record
-		return nil
-	}
-	return st.store(ctx, s)
+	return st.locked(ctx, s.ID, func() error {
+		cur, err := st.load(ctx, s.ID)
+		if err != nil {
+			return err
+		}
+		if cur == nil {
+			st.cache.Delete(s.ID)
+			return errSessionEnded
+		}
+		if cur.RefreshToken != s.RefreshToken && (s.spent == "" || cur.RefreshToken != s.spent) ||
+			cur.RefreshToken == s.RefreshToken && cur.Expiry > s.Expiry {
+			st.cache.Delete(s.ID) // the next request reads the newer record
+			return nil
+		}
+		return st.store(ctx, s)
+	})
 }
 
 // store writes the record of s.
@@ -294,13 +292,30 @@ func (st *storedSessions) load(ctx context.Context, id string) (*session, error)
 // delete deletes a stored session (and its cached copy) under the
 // session's storage lock, so that a refresh in flight cannot store it again.
 func (st *storedSessions) delete(ctx context.Context, id string) error {
+	return st.locked(ctx, id, func() error { return st.deleteLocked(ctx, id) })
+}
+
+// locked runs fn holding the session's storage lock, which serializes the
+// refreshes, updates and deletions of one session across instances. A
+// failure to take the lock is a *storeLockError.
+func (st *storedSessions) locked(ctx context.Context, id string, fn func() error) error {
 	lock := sessionKey(id)
 	if err := st.storage.Lock(ctx, lock); err != nil {
-		return err
+		return &storeLockError{err}
 	}
-	defer func() { _ = st.storage.Unlock(context.WithoutCancel(ctx), lock) }()
-	return st.deleteLocked(ctx, id)
+	defer func() {
+		if err := st.storage.Unlock(context.WithoutCancel(ctx), lock); err != nil {
+			st.logger.Error("session store unlock failed", errField(err))
+		}
+	}()
+	return fn()
 }
+
+// storeLockError: the session's storage lock could not be taken.
+type storeLockError struct{ err error }
+
+func (e *storeLockError) Error() string { return "session store lock: " + e.err.Error() }
+func (e *storeLockError) Unwrap() error { return e.err }
 
 // deleteLocked is delete for a caller holding the lock.
 func (st *storedSessions) deleteLocked(ctx context.Context, id string) error {
